@@ -1,0 +1,262 @@
+"""TOML config -> validated settings. Secret references are resolved here, once, at start-up.
+
+Every problem is reported as one line naming the file and the key path
+(`config/etl.toml: sources[1].api_secret: environment variable X is not set`).
+Secrets are `Secret` objects: their repr, str and any error never show the value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from datetime import timedelta
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from etl.errors import ConfigError
+from etl.venues import VENUES
+
+DEFAULT_CONFIG = Path("config/etl.toml")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+
+
+def parse_duration(text: Any) -> timedelta:
+    """'60s', '5m', '1h', '90d', '500ms' -> timedelta; anything else is a ValueError."""
+    if isinstance(text, timedelta):
+        return text
+    match = _DURATION.match(str(text)) if isinstance(text, str) else None
+    if not match:
+        raise ValueError(f"expected a duration like '60s', '5m', '1h' or '90d', got {text!r}")
+    try:
+        seconds = Decimal(match.group(1)) * Decimal(str(_UNITS[match.group(2)]))
+    except InvalidOperation:
+        raise ValueError(f"bad duration {text!r}") from None
+    if seconds <= 0:
+        raise ValueError(f"a duration must be positive, got {text!r}")
+    return timedelta(seconds=float(seconds))
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class Secret:
+    """A credential. Only `reveal()` gives the value; nothing else prints it."""
+
+    __slots__ = ("_value", "origin")
+
+    def __init__(self, value: str, origin: str):
+        self._value = value
+        self.origin = origin  # "env:NAME" or "file:PATH": safe to show
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({self.origin})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self.origin)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Secret is not to be pickled")
+
+
+def resolve_secret(reference: Any, base_dir: Path) -> Secret:
+    if isinstance(reference, Secret):
+        return reference
+    if not isinstance(reference, str):
+        raise ValueError("expected a reference 'env:NAME' or 'file:PATH'")
+    kind, _, target = reference.partition(":")
+    if kind == "env" and target:
+        value = os.environ.get(target)
+        if value is None or value == "":
+            raise ValueError(f"environment variable {target} is not set")
+        return Secret(value, reference)
+    if kind == "file" and target:
+        path = Path(target).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        try:
+            value = path.read_text().strip()
+        except OSError as err:
+            raise ValueError(f"cannot read secret file {path}: {err.strerror}") from None
+        if not value:
+            raise ValueError(f"secret file {path} is empty")
+        return Secret(value, reference)
+    # Deliberately no echo of the value: it may be a pasted literal key.
+    raise ValueError("secrets must be references 'env:NAME' or 'file:PATH', not literal values")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class DatabaseConfig(_Model):
+    url: str | None = None
+
+
+class ScheduleConfig(_Model):
+    interval: Duration = timedelta(seconds=60)
+    timeout: Duration = timedelta(seconds=10)
+
+
+class SourceConfig(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    venue: str
+    api_key: Secret
+    api_secret: Secret | None = None
+    base_url: str | None = None
+    interval: Duration | None = None
+    params: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("venue")
+    @classmethod
+    def _known_venue(cls, venue: str) -> str:
+        if venue not in VENUES:
+            raise ValueError(f"unknown venue {venue!r} (expected one of {', '.join(VENUES)})")
+        return venue
+
+    @field_validator("api_key", "api_secret", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Secret | None:
+        if value is None:
+            return None
+        base = (info.context or {}).get("base_dir", Path.cwd())
+        return resolve_secret(value, base)
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params_as_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: v if isinstance(v, str) else str(v) for k, v in value.items()}
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(f"expected an http(s) URL, got {url!r}")
+        return url.rstrip("/") if url else url
+
+    @model_validator(mode="after")
+    def _secret_if_signed(self) -> SourceConfig:
+        if VENUES[self.venue].signed and self.api_secret is None:
+            raise ValueError(f"api_secret: required for venue {self.venue}")
+        return self
+
+
+class Settings(_Model):
+    database: DatabaseConfig = DatabaseConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    sources: list[SourceConfig] = Field(default_factory=list)
+    path: Path | None = None
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+        seen: set[str] = set()
+        for source in sources:
+            if source.name in seen:
+                raise ValueError(f"source name {source.name!r} appears twice")
+            seen.add(source.name)
+        return sources
+
+    def interval_of(self, source: SourceConfig) -> timedelta:
+        return source.interval or self.schedule.interval
+
+    def select(self, names: list[str] | None) -> list[SourceConfig]:
+        if not names:
+            return list(self.sources)
+        known = {s.name: s for s in self.sources}
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise ConfigError(
+                f"unknown source {', '.join(missing)} (configured: {', '.join(known) or 'none'})"
+            )
+        return [known[n] for n in names]
+
+
+def _path_of(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _one_line(err: ValidationError, where: str) -> str:
+    problems = []
+    for item in err.errors():
+        loc = tuple(p for p in item["loc"] if p not in ("function-after[_secret_if_signed()]",))
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        problems.append(f"{_path_of(loc)}: {message}" if loc else message)
+    return f"{where}: " + "; ".join(problems)
+
+
+def parse_settings(data: dict[str, Any], *, path: Path | None = None) -> Settings:
+    where = str(path) if path else "config"
+    base_dir = path.parent if path else Path.cwd()
+    try:
+        return Settings.model_validate({**data, "path": path}, context={"base_dir": base_dir})
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, where)) from None
+
+
+def config_path(explicit: Path | None) -> Path | None:
+    """--config, else ETL_CONFIG, else config/etl.toml if it exists, else None."""
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("ETL_CONFIG")
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+
+
+def load_settings(explicit: Path | None = None) -> Settings:
+    path = config_path(explicit)
+    if path is None:
+        return Settings()
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    return parse_settings(data, path=path)
+
+
+def data_dir() -> Path:
+    """ETL_DATA_DIR, else ~/.local/share/etl; as root /var/lib/etl.
+
+    As root, pgserver makes every parent of its data dir traversable (it runs the
+    server as a separate user); under /root that would silently open the home folder.
+    """
+    env = os.environ.get("ETL_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/etl")
+    return Path.home() / ".local" / "share" / "etl"

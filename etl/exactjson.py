@@ -1,0 +1,23 @@
+"""JSON in and out without ever passing a number through float.
+
+Bodies are parsed with `parse_float=Decimal`, so `12282.88002680674743639045` stays
+exact; jsonb columns are written with simplejson's `use_decimal`, which prints a
+Decimal as the same digits.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import simplejson
+
+
+def loads(text: str | bytes) -> Any:
+    """Parse JSON; non-integer numbers become Decimal. Raises ValueError on bad JSON."""
+    return json.loads(text, parse_float=Decimal)
+
+
+def dumps(value: Any) -> str:
+    return simplejson.dumps(value, use_decimal=True, separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,189 @@
+"""One source x one slot: extract -> normalize -> load, returning a result (never raising).
+
+`poll` talks to the venue and normalizes; `store` writes the outcome in one
+transaction: the whole batch, or only the failed run's record and the raw bodies that
+did arrive. A failure of one source never reaches another: every error, including a
+bug in a normalizer, becomes that source's `RunResult` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import httpx
+from aiolimiter import AsyncLimiter
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+
+from etl.config import Settings, SourceConfig
+from etl.errors import EtlError, StoreError
+from etl.records import Batch, RawResponse
+from etl.store.load import load_slot, record_failure
+from etl.venues import venue
+from etl.venues.http import VenueClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Polled:
+    """What a poll produced: the batch, or the error and whatever responses did arrive."""
+
+    source: SourceConfig
+    slot: datetime
+    started_at: datetime
+    responses: tuple[RawResponse, ...]
+    batch: Batch | None
+    error: str | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class RunResult:
+    source: str
+    venue: str
+    slot: datetime
+    status: str  # ok | error
+    error: str | None
+    counts: dict[str, int] = field(default_factory=dict)
+    written: dict[str, int] = field(default_factory=dict)
+    attempts: int = 0
+    seconds: float = 0.0
+
+
+def scrub(message: str, source: SourceConfig) -> str:
+    """Last line of defence: no credential of the source survives in a message."""
+    for secret in (source.api_key, source.api_secret):
+        if secret is not None and secret.reveal():
+            message = message.replace(secret.reveal(), "***")
+    return message
+
+
+def client_for(
+    source: SourceConfig,
+    client: httpx.AsyncClient,
+    settings: Settings,
+    *,
+    limiter: AsyncLimiter | None = None,
+    deadline: float | None = None,
+) -> VenueClient:
+    module = venue(source.venue)
+    return VenueClient(
+        client,
+        source.venue,
+        source.base_url or module.DEFAULT_BASE_URL,
+        timeout=settings.schedule.timeout.total_seconds(),
+        limiter=limiter,
+        deadline=deadline,
+    )
+
+
+async def poll(source: SourceConfig, slot: datetime, http: VenueClient) -> Polled:
+    started_at = datetime.now(UTC)
+    module = venue(source.venue)
+    batch, error = None, None
+    try:
+        responses = await module.fetch(http, source)
+        batch = module.normalize(source.name, responses)
+    except EtlError as err:
+        error = f"{source.name}: {err}"
+    except Exception as err:  # a bug in a venue module must not stop the other sources
+        log.exception("source %s: unexpected error", source.name)
+        error = f"{source.name}: internal error {type(err).__name__}: {err}"
+    return Polled(
+        source=source,
+        slot=slot,
+        started_at=started_at,
+        responses=tuple(http.received),
+        batch=batch,
+        error=scrub(error, source) if error else None,
+        attempts=http.attempts,
+    )
+
+
+def store(engine: Engine, polled: Polled) -> RunResult:
+    """Write the poll's outcome in one transaction. Raises StoreError if the database failed."""
+    source = polled.source
+    t0 = time.perf_counter()
+    try:
+        with engine.begin() as conn:
+            if polled.batch is not None:
+                result = load_slot(
+                    conn,
+                    source=source.name,
+                    venue=source.venue,
+                    slot=polled.slot,
+                    batch=polled.batch,
+                    responses=polled.responses,
+                    started_at=polled.started_at,
+                    attempts=polled.attempts,
+                )
+                written = result.written
+            else:
+                record_failure(
+                    conn,
+                    source=source.name,
+                    slot=polled.slot,
+                    started_at=polled.started_at,
+                    error=polled.error or "unknown error",
+                    attempts=polled.attempts,
+                    responses=polled.responses,
+                )
+                written = {}
+    except EtlError as err:  # e.g. a batch with a duplicate key: the source's fault, recorded
+        failed = Polled(**{**polled.__dict__, "batch": None, "error": f"{source.name}: {err}"})
+        return store(engine, failed)
+    except (OperationalError, DBAPIError) as err:
+        transient = isinstance(err, OperationalError) or bool(getattr(err, "connection_invalidated", False))
+        raise StoreError(f"{source.name}: database: {_first_line(err)}", transient=transient) from None
+    except SQLAlchemyError as err:
+        raise StoreError(f"{source.name}: database: {_first_line(err)}") from None
+    return RunResult(
+        source=source.name,
+        venue=source.venue,
+        slot=polled.slot,
+        status="ok" if polled.batch is not None else "error",
+        error=polled.error,
+        counts=polled.batch.counts() if polled.batch is not None else {},
+        written=written,
+        attempts=polled.attempts,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(getattr(err, "orig", None) or err)
+    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+
+
+async def run_sources(
+    settings: Settings,
+    sources: Sequence[SourceConfig],
+    slot_of: dict[str, datetime],
+    engine: Engine,
+    client: httpx.AsyncClient,
+) -> list[RunResult]:
+    """Poll the sources concurrently, store each as it arrives; one result per source."""
+
+    async def one(source: SourceConfig) -> RunResult:
+        t0 = time.perf_counter()
+        polled = await poll(source, slot_of[source.name], client_for(source, client, settings))
+        try:
+            result = await asyncio.to_thread(store, engine, polled)
+        except StoreError as err:
+            return RunResult(
+                source=source.name,
+                venue=source.venue,
+                slot=polled.slot,
+                status="error",
+                error=str(err),
+                attempts=polled.attempts,
+            )
+        return RunResult(**{**result.__dict__, "seconds": time.perf_counter() - t0})
+
+    return list(await asyncio.gather(*(one(s) for s in sources)))

@@ -1,0 +1,46 @@
+"""The demo's accounts: per venue, a simulator with demo credentials and the sources that use them.
+
+Each builder returns the simulator and config entries (as a TOML `[[sources]]` table
+would hold them, secrets as `env:` references whose variables it sets), so the demo
+goes through exactly the config path users do. Adding a venue = one builder + one line
+in `BUILDERS`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from etl.sim.base import Simulator
+from etl.sim.bittap import BittapSimulator
+
+SourceEntry = dict[str, Any]
+
+
+def _credentials(name: str) -> dict[str, str]:
+    """Demo-only credentials, put in the environment so the config references them."""
+    var = name.upper().replace("-", "_")
+    os.environ[f"ETL_DEMO_{var}_KEY"] = f"{name}-key"
+    os.environ[f"ETL_DEMO_{var}_SECRET"] = f"{name}-secret-not-a-real-one"
+    return {"api_key": f"env:ETL_DEMO_{var}_KEY", "api_secret": f"env:ETL_DEMO_{var}_SECRET"}
+
+
+def bittap() -> tuple[Simulator, list[SourceEntry]]:
+    sim = BittapSimulator(seed=7)
+    sources = []
+    for i, (name, wallet) in enumerate([("demo-bittap-a", "25000.5"), ("demo-bittap-b", "8200.125")]):
+        creds = _credentials(name)
+        sim.add_account(
+            os.environ[creds["api_key"][4:]],
+            os.environ[creds["api_secret"][4:]],
+            wallet=wallet,
+            positions=2 + i,
+        )
+        sources.append({"name": name, "venue": "bittap", **creds})
+    return sim, sources
+
+
+BUILDERS: dict[str, Callable[[], tuple[Simulator, list[SourceEntry]]]] = {
+    "bittap": bittap,
+}

@@ -1,0 +1,1 @@
+"""Everything that knows SQL: the contract's schema, the engine (or embedded server), loading."""

@@ -1,0 +1,269 @@
+"""Load one source's batch for one slot, in the caller's transaction.
+
+`load_slot` writes, in order: the run record (its id goes on every row), the accounts
+(upserted; ids looked up), the three snapshot tables (staged COPY + guarded upsert +
+delete of rows that vanished from this slot), and the raw payloads. The caller owns the
+transaction (`with engine.begin() as conn: load_slot(conn, ...)`): a slot loads whole
+or not at all. `record_failure` writes the run record of a failed poll, with the raw
+bodies that were received (to replay once the normalizer is fixed), and no snapshot row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass, fields
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from sqlalchemy import Connection, Table
+
+from etl import exactjson
+from etl.errors import NormalizeError
+from etl.records import AccountRow, BalanceRow, Batch, PositionRow, RawResponse
+from etl.store import copy, upsert
+from etl.store.schema import account_snapshots, balance_snapshots, position_snapshots
+
+# Record field -> column order: the record's own fields, with account -> account_id and
+# snapshot_ts, fetched_at and run_id added. The records mirror the tables on purpose.
+_LOADED = (
+    (balance_snapshots, BalanceRow, "balances"),
+    (account_snapshots, AccountRow, "account_rows"),
+    (position_snapshots, PositionRow, "positions"),
+)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    run_id: int
+    written: dict[str, int]  # rows inserted or changed per table (0 on an unchanged re-run)
+    deleted: dict[str, int]
+
+
+def _columns(record_type: type) -> list[str]:
+    names = [f.name for f in fields(record_type)]
+    return ["account_id" if n == "account" else n for n in names] + [
+        "snapshot_ts",
+        "fetched_at",
+        "run_id",
+    ]
+
+
+def _cursor(conn: Connection) -> psycopg.Cursor[Any]:
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    return driver.cursor()
+
+
+def upsert_run(
+    cur: psycopg.Cursor[Any],
+    *,
+    source: str,
+    slot: datetime,
+    started_at: datetime,
+    status: str,
+    error: str | None,
+    counts: dict[str, int],
+    attempts: int,
+    keep_ok: bool,
+) -> int | None:
+    """Insert or update the (source, slot) run row; with keep_ok, an `ok` row is left alone."""
+    guard = "WHERE r.status <> 'ok'" if keep_ok else ""
+    cur.execute(
+        f"""
+        INSERT INTO ingestion_runs AS r (source, snapshot_ts, started_at, finished_at, status, error,
+            accounts, balances, account_rows, positions, attempts)
+        VALUES (%(source)s, %(slot)s, %(started)s, now(), %(status)s, %(error)s,
+            %(accounts)s, %(balances)s, %(account_rows)s, %(positions)s, %(attempts)s)
+        ON CONFLICT (source, snapshot_ts) DO UPDATE SET started_at = EXCLUDED.started_at,
+            finished_at = EXCLUDED.finished_at, status = EXCLUDED.status, error = EXCLUDED.error,
+            accounts = EXCLUDED.accounts, balances = EXCLUDED.balances,
+            account_rows = EXCLUDED.account_rows, positions = EXCLUDED.positions,
+            attempts = EXCLUDED.attempts, worker = NULL
+        {guard}
+        RETURNING id
+        """,
+        {
+            "source": source,
+            "slot": slot,
+            "started": started_at,
+            "status": status,
+            "error": error,
+            "attempts": attempts,
+            **counts,
+        },
+    )
+    row = cur.fetchone()
+    return int(row[0]) if row else None
+
+
+def upsert_accounts(
+    cur: psycopg.Cursor[Any], source: str, venue: str, slot: datetime, batch: Batch
+) -> dict[str, int]:
+    refs = batch.accounts
+    cur.execute(
+        """
+        INSERT INTO accounts AS a (source, venue, external_id, exchange, note, first_seen_at, last_seen_at)
+        SELECT %(source)s, %(venue)s, e, x, n, %(slot)s, %(slot)s
+        FROM unnest(%(ids)s::text[], %(exchanges)s::text[], %(notes)s::text[]) AS u(e, x, n)
+        ON CONFLICT (source, external_id) DO UPDATE SET
+            exchange = EXCLUDED.exchange, note = EXCLUDED.note,
+            first_seen_at = LEAST(a.first_seen_at, EXCLUDED.first_seen_at),
+            last_seen_at = GREATEST(a.last_seen_at, EXCLUDED.last_seen_at)
+        WHERE (a.exchange, a.note) IS DISTINCT FROM (EXCLUDED.exchange, EXCLUDED.note)
+            OR EXCLUDED.last_seen_at > a.last_seen_at OR EXCLUDED.first_seen_at < a.first_seen_at
+        """,
+        {
+            "source": source,
+            "venue": venue,
+            "slot": slot,
+            "ids": [r.external_id for r in refs],
+            "exchanges": [r.exchange for r in refs],
+            "notes": [r.note for r in refs],
+        },
+    )
+    cur.execute(
+        "SELECT external_id, id FROM accounts WHERE source = %s AND external_id = ANY(%s)",
+        (source, [r.external_id for r in refs]),
+    )
+    return {external_id: int(account_id) for external_id, account_id in cur.fetchall()}
+
+
+def _rows(
+    records: Sequence[Any],
+    columns: list[str],
+    ids: dict[str, int],
+    slot: datetime,
+    fetched_at: datetime,
+    run_id: int,
+    table: Table,
+) -> list[tuple[Any, ...]]:
+    keys = upsert.key_columns(table)
+    key_at = [columns.index(k) for k in keys]
+    rows, seen = [], set()
+    for record in records:
+        values = astuple(record)
+        try:
+            account_id = ids[values[0]]
+        except KeyError:
+            raise NormalizeError(
+                f"{table.name}: row for account {values[0]!r} that the batch does not list"
+            ) from None
+        row = (account_id, *values[1:], slot, fetched_at, run_id)
+        key = tuple(row[i] for i in key_at)
+        if key in seen:
+            raise NormalizeError(f"{table.name}: the venue sent {key[1:-1]} twice for account {values[0]!r}")
+        seen.add(key)
+        rows.append(row)
+    return rows
+
+
+def upsert_snapshots(
+    cur: psycopg.Cursor[Any],
+    table: Table,
+    columns: list[str],
+    rows: list[tuple[Any, ...]],
+    source: str,
+    slot: datetime,
+) -> tuple[int, int]:
+    """Stage and upsert `rows`; returns (rows written, rows deleted)."""
+    cur.execute(upsert.create_stage_sql(table))
+    if rows:
+        with cur.copy(upsert.copy_sql(table, columns)) as pipe:
+            pipe.write(copy.encode(rows))
+        cur.execute(upsert.upsert_sql(table, columns))
+        written = cur.rowcount
+    else:
+        written = 0
+    cur.execute(upsert.delete_missing_sql(table), {"slot": slot, "source": source})
+    return written, cur.rowcount
+
+
+def write_raw(
+    cur: psycopg.Cursor[Any],
+    source: str,
+    slot: datetime,
+    responses: Sequence[RawResponse],
+    run_id: int | None,
+) -> None:
+    if not responses:
+        return
+    cur.executemany(
+        """
+        INSERT INTO raw_payloads AS p (source, endpoint, snapshot_ts, fetched_at, http_status, body, run_id)
+        VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s)
+        ON CONFLICT (source, snapshot_ts, endpoint) DO UPDATE SET fetched_at = EXCLUDED.fetched_at,
+            http_status = EXCLUDED.http_status, body = EXCLUDED.body, run_id = EXCLUDED.run_id
+        WHERE p.body IS DISTINCT FROM EXCLUDED.body OR p.run_id IS DISTINCT FROM EXCLUDED.run_id
+        """,
+        [
+            (source, r.endpoint, slot, r.fetched_at, r.http_status, exactjson.dumps(r.body), run_id)
+            for r in responses
+        ],
+    )
+
+
+def load_slot(
+    conn: Connection,
+    *,
+    source: str,
+    venue: str,
+    slot: datetime,
+    batch: Batch,
+    responses: Sequence[RawResponse],
+    started_at: datetime,
+    attempts: int,
+) -> LoadResult:
+    fetched_at = min((r.fetched_at for r in responses), default=started_at)
+    with _cursor(conn) as cur:
+        run_id = upsert_run(
+            cur,
+            source=source,
+            slot=slot,
+            started_at=started_at,
+            status="ok",
+            error=None,
+            counts=batch.counts(),
+            attempts=attempts,
+            keep_ok=False,
+        )
+        assert run_id is not None
+        ids = upsert_accounts(cur, source, venue, slot, batch)
+        written, deleted = {}, {}
+        for table, record_type, attr in _LOADED:
+            columns = _columns(record_type)
+            rows = _rows(getattr(batch, attr), columns, ids, slot, fetched_at, run_id, table)
+            written[table.name], deleted[table.name] = upsert_snapshots(
+                cur, table, columns, rows, source, slot
+            )
+        write_raw(cur, source, slot, responses, run_id)
+    return LoadResult(run_id=run_id, written=written, deleted=deleted)
+
+
+def record_failure(
+    conn: Connection,
+    *,
+    source: str,
+    slot: datetime,
+    started_at: datetime,
+    error: str,
+    attempts: int,
+    responses: Sequence[RawResponse] = (),
+) -> int | None:
+    """The run row of a failed poll (an earlier `ok` for the same slot is kept) and its raw bodies."""
+    empty = {"accounts": 0, "balances": 0, "account_rows": 0, "positions": 0}
+    with _cursor(conn) as cur:
+        run_id = upsert_run(
+            cur,
+            source=source,
+            slot=slot,
+            started_at=started_at,
+            status="error",
+            error=error,
+            counts=empty,
+            attempts=attempts,
+            keep_ok=True,
+        )
+        if run_id is not None:
+            write_raw(cur, source, slot, responses, run_id)
+    return run_id

@@ -1,0 +1,214 @@
+"""One source x one slot, end to end: simulator over HTTP semantics -> pipeline -> real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import re
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from etl.pipeline import RunResult, run_sources
+from etl.sim.base import Fault
+from etl.sim.bittap import BittapSimulator
+from tests.helpers import SLOT, count, rows, served, settings_for, source_entry
+from tests.venues.test_bittap import seed_body
+
+
+def run(engine, settings, sims=None) -> dict[str, RunResult]:
+    async def go():
+        async with httpx.AsyncClient() as client:
+            return await run_sources(
+                settings, settings.sources, {s.name: SLOT for s in settings.sources}, engine, client
+            )
+
+    return {r.source: r for r in asyncio.run(go())}
+
+
+@pytest.fixture
+def two_sources():
+    """`bad` and `good`: two Bittap accounts on separate simulators (served on loopback, so
+    timeouts are real), so that faults hit only `bad`."""
+    bad, good = BittapSimulator(seed=1), BittapSimulator(seed=2)
+    bad.add_account("bad-key", "bad-secret", body=seed_body())
+    good.add_account("good-key", "good-secret")
+    with served(bad) as bad_server, served(good) as good_server:
+        settings = settings_for(
+            source_entry("bad", "bittap", bad_server.url, "bad-key", "bad-secret"),
+            source_entry("good", "bittap", good_server.url, "good-key", "good-secret"),
+            timeout="0.5s",
+        )
+        yield settings, {"bad.test": bad, "good.test": good}, bad
+
+
+def test_seed_example_round_trips_exactly_through_postgresql(engine, two_sources):
+    settings, sims, _ = two_sources
+    results = run(engine, settings, sims)
+    assert results["bad"].status == "ok", results["bad"].error
+    (balance,) = rows(
+        engine,
+        """SELECT b.total, b.total::text, b.extra FROM balance_snapshots b
+                                 JOIN accounts a ON a.id = b.account_id WHERE a.source = 'bad'""",
+    )
+    assert balance[0] == Decimal("12282.88002680674743639045")
+    assert balance[1] == "12282.88002680674743639045"
+    assert balance[2]["trialFundBalance"] == "0"
+    (position,) = rows(
+        engine,
+        """SELECT p.mark_price, p.unrealized_pnl, p.extra->'bkrFee', p.side, p.quantity
+                                  FROM position_snapshots p JOIN accounts a ON a.id = p.account_id
+                                  WHERE a.source = 'bad'""",
+    )
+    assert position[0] is None and position[1] is None
+    assert position[2] is None  # JSON null kept in extra as null
+    assert position[3:] == ("long", Decimal("871.1"))
+    (raw,) = rows(
+        engine,
+        "SELECT body->'data'->'assets'->0->>'balance' FROM raw_payloads WHERE source = 'bad'",
+    )
+    assert raw[0] == "12282.88002680674743639045"
+
+
+def row_versions(engine) -> set[tuple]:
+    """(table, xmin, row as text) of every snapshot row: a rewritten row gets a new xmin."""
+    return {
+        tuple(r)
+        for table in ("balance_snapshots", "account_snapshots", "position_snapshots")
+        for r in rows(engine, f"SELECT '{table}', xmin::text, t::text FROM {table} t")
+    }
+
+
+def test_rerunning_a_slot_rewrites_no_snapshot_row(engine, two_sources):
+    settings, sims, _ = two_sources
+    good = sims["good.test"]
+    account = good.accounts["good-key"]
+    account.body = {
+        "code": "0",
+        "success": True,
+        "msg": "",
+        "data": good._data(account),
+    }  # freeze it
+    first = run(engine, settings, sims)
+    before = row_versions(engine)
+    second = run(engine, settings, sims)
+    assert len(before) == 2 + 2 + 1 + 2  # balances, account rows, positions (1 seed + 2 good)
+    assert row_versions(engine) == before
+    assert all(sum(r.written.values()) == 0 for r in second.values())
+    assert all(sum(r.written.values()) > 0 for r in first.values())
+    assert count(engine, "ingestion_runs") == 2
+
+
+def test_a_changed_value_is_updated_and_a_closed_position_removed_on_rerun(engine, two_sources):
+    settings, sims, bad = two_sources
+    run(engine, settings, sims)
+    body = copy.deepcopy(bad.accounts["bad-key"].body)
+    body["data"]["assets"][0]["balance"] = "1.5"
+    body["data"]["positions"] = []
+    bad.accounts["bad-key"].body = body
+    result = run(engine, settings, sims)["bad"]
+    assert result.written["balance_snapshots"] == 1
+    assert rows(
+        engine,
+        "SELECT total FROM balance_snapshots b JOIN accounts a ON a.id = b.account_id WHERE a.source = 'bad'",
+    )[0][0] == Decimal("1.5")
+    assert (
+        rows(
+            engine,
+            "SELECT count(*) FROM position_snapshots p JOIN accounts a ON a.id = p.account_id "
+            "WHERE a.source = 'bad'",
+        )[0][0]
+        == 0
+    )
+
+
+BAD_ANSWERS = {
+    "502 html page": (
+        Fault(502, "<html><body><h1>502 Bad Gateway</h1></body></html>"),
+        r"HTTP 502: 502 Bad Gateway",
+    ),
+    "truncated json": (
+        Fault(
+            200,
+            '{"code": "0", "success": true, "data": {"assets": [',
+            content_type="application/json",
+        ),
+        r"body is not JSON",
+    ),
+    "401 auth": (
+        Fault(
+            401,
+            '{"code":"410002","msg":"Signature verification failed","success":false}',
+            content_type="application/json",
+        ),
+        r"HTTP 401, code 410002: Signature verification failed",
+    ),
+    "timeout": (Fault(200, "{}", delay=1.5), r"timed out after 0.5s"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ANSWERS)
+def test_a_bad_answer_is_one_error_line_and_the_other_source_still_loads(engine, two_sources, case):
+    settings, sims, bad = two_sources
+    fault, message = BAD_ANSWERS[case]
+    bad.fail_next(*[fault] * 10)  # more than the retries
+    results = run(engine, settings, sims)
+    error = results["bad"].error
+    assert results["bad"].status == "error"
+    assert error.startswith("bad: bittap GET /ftapi/v1/account/info: ")
+    assert "\n" not in error
+    assert re.search(message, error), error
+    assert results["good"].status == "ok"
+    assert rows(engine, "SELECT status, error FROM ingestion_runs WHERE source = 'bad'") == [("error", error)]
+    assert (
+        rows(
+            engine,
+            "SELECT count(*) FROM balance_snapshots b JOIN accounts a ON a.id = b.account_id "
+            "WHERE a.source = 'bad'",
+        )[0][0]
+        == 0
+    )
+    assert count(engine, "accounts") == 1  # only `good`: nothing partial of `bad`
+    assert rows(engine, "SELECT count(*) FROM balance_snapshots")[0][0] == 1
+
+
+def test_a_non_number_is_an_error_naming_the_field_and_keeps_the_raw_body(engine, two_sources):
+    settings, sims, bad = two_sources
+    bad.accounts["bad-key"].body["data"]["assets"][0]["balance"] = "12,5 USDT"
+    results = run(engine, settings, sims)
+    assert results["bad"].error == ("bad: bittap data.assets[0].balance: expected a number, got '12,5 USDT'")
+    assert results["good"].status == "ok"
+    assert count(engine, "accounts") == 1
+    # the body is kept, so `etl replay` can load it once the venue or the normalizer is fixed
+    assert rows(
+        engine,
+        "SELECT r.status FROM raw_payloads p JOIN ingestion_runs r ON r.id = p.run_id WHERE p.source = 'bad'",
+    ) == [("error",)]
+
+
+def test_transient_failures_are_retried_and_the_slot_still_loads(engine, two_sources):
+    settings, sims, bad = two_sources
+    bad.fail_next(
+        Fault(503, "busy"), Fault(502, "bad gateway"), Fault(429, "slow down", {"Retry-After": "0"})
+    )
+    result = run(engine, settings, sims)["bad"]
+    assert result.status == "ok" and result.attempts == 4
+    assert rows(engine, "SELECT attempts FROM ingestion_runs WHERE source = 'bad'") == [(4,)]
+
+
+def test_an_auth_error_is_not_retried(engine, two_sources):
+    settings, sims, bad = two_sources
+    bad.accounts.clear()  # the key is no longer known: the simulator answers 410001
+    result = run(engine, settings, sims)["bad"]
+    assert result.attempts == 1 and "410001" in result.error
+    assert bad.requests["/ftapi/v1/account/info"] == 1
+
+
+def test_a_failure_after_success_keeps_the_loaded_slot(engine, two_sources):
+    settings, sims, bad = two_sources
+    run(engine, settings, sims)
+    bad.fail_next(*[Fault(401, "{}", content_type="application/json")] * 3)
+    assert run(engine, settings, sims)["bad"].status == "error"
+    assert rows(engine, "SELECT status FROM ingestion_runs WHERE source = 'bad'") == [("ok",)]
+    assert count(engine, "balance_snapshots") == 2
