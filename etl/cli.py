@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
 from etl import logs
 from etl.config import Settings, load_settings, parse_duration
@@ -50,8 +51,11 @@ ConfigOption = Annotated[
 ]
 
 
+_engines: list[Engine] = []  # made by the running command; closed when it ends
+
+
 def one_line_errors(func: F) -> F:
-    """EtlError -> one line on stderr, exit 2 for config errors, 1 otherwise."""
+    """EtlError -> one line on stderr, exit 2 for config errors, 1 otherwise; engines closed at the end."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -63,25 +67,27 @@ def one_line_errors(func: F) -> F:
         except EtlError as e:
             err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
+        except DBAPIError as e:  # unreachable or refusing database: one line, not a traceback
+            first = str(e.orig or e).strip().splitlines()
+            err.print(f"error: database: {first[0] if first else type(e).__name__}", markup=False,
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        finally:
+            while _engines:
+                _engines.pop().dispose()
 
     return wrapper  # type: ignore[return-value]
 
 
 def _engine(settings: Settings, migrate_first: bool = True) -> Engine:
+    """The command's database engine, migrated to head first unless told not to."""
     from etl.store import migrate
     from etl.store.engine import engine_for
 
     engine = engine_for(settings)
+    _engines.append(engine)
     if migrate_first:
-        try:
-            migrate.upgrade(engine)
-        except EtlError:
-            raise
-        except Exception as e:  # the database is unreachable or refuses: one line, not a traceback
-            from etl.errors import StoreError
-
-            first = str(getattr(e, "orig", None) or e).strip().splitlines()
-            raise StoreError(f"database: {first[0] if first else type(e).__name__}") from None
+        migrate.upgrade(engine)
     return engine
 
 
