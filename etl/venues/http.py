@@ -26,6 +26,7 @@ from tenacity import (
     stop_before_delay,
     wait_exponential_jitter,
 )
+from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from etl import exactjson
@@ -108,7 +109,7 @@ class VenueClient:
 
     async def send(self, endpoint: str, build: RequestFactory, check: EnvelopeCheck) -> RawResponse:
         """Send with retries; returns the parsed body or raises a one-line VenueError."""
-        stop = stop_after_attempt(self.max_attempts)
+        stop: stop_base = stop_after_attempt(self.max_attempts)
         if self.deadline is not None:
             stop = stop | stop_before_delay(max(0.0, self.deadline - time.monotonic()))
         attempt_no = 0
