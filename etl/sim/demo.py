@@ -14,6 +14,7 @@ from typing import Any
 
 from etl.sim.base import Simulator
 from etl.sim.bittap import BittapSimulator
+from etl.sim.ltp import LtpSimulator, demo_sources
 
 SourceEntry = dict[str, Any]
 
@@ -41,6 +42,19 @@ def bittap() -> tuple[Simulator, list[SourceEntry]]:
     return sim, sources
 
 
+def ltp() -> tuple[Simulator, list[SourceEntry]]:
+    """Two LTP keys on one simulator, each reaching several trade accounts."""
+    sim = LtpSimulator(seed=11)
+    sources = []
+    for demo in demo_sources():
+        creds = _credentials(demo.name)
+        user = sim.add_user(os.environ[creds["api_key"][4:]], os.environ[creds["api_secret"][4:]])
+        user.wallets.extend(demo.wallets)
+        sources.append({"name": demo.name, "venue": "ltp", **creds, "params": demo.params})
+    return sim, sources
+
+
 BUILDERS: dict[str, Callable[[], tuple[Simulator, list[SourceEntry]]]] = {
     "bittap": bittap,
+    "ltp": ltp,
 }
