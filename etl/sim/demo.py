@@ -14,6 +14,7 @@ from typing import Any
 
 from etl.sim.base import Simulator
 from etl.sim.bittap import BittapSimulator
+from etl.sim.htx import HtxSimulator
 from etl.sim.ltp import LtpSimulator, demo_sources
 
 SourceEntry = dict[str, Any]
@@ -54,7 +55,28 @@ def ltp() -> tuple[Simulator, list[SourceEntry]]:
     return sim, sources
 
 
+def htx() -> tuple[Simulator, list[SourceEntry]]:
+    """Two HTX multi-asset accounts: USDT only, and USDT with BTC collateral."""
+    sim = HtxSimulator(seed=3)
+    sources = []
+    for name, wallet, btc, positions in [
+        ("demo-htx-a", "41000.25", None, 2),
+        ("demo-htx-b", "12500.5", "0.75", 3),
+    ]:
+        creds = _credentials(name)
+        sim.add_account(
+            os.environ[creds["api_key"][4:]],
+            os.environ[creds["api_secret"][4:]],
+            wallet=wallet,
+            btc=btc,
+            positions=positions,
+        )
+        sources.append({"name": name, "venue": "htx", **creds})
+    return sim, sources
+
+
 BUILDERS: dict[str, Callable[[], tuple[Simulator, list[SourceEntry]]]] = {
     "bittap": bittap,
     "ltp": ltp,
+    "htx": htx,
 }
