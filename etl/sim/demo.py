@@ -16,6 +16,7 @@ from etl.sim.base import Simulator
 from etl.sim.bittap import BittapSimulator
 from etl.sim.htx import HtxSimulator
 from etl.sim.ltp import LtpSimulator, demo_sources
+from etl.sim.treadfi import TreadfiSimulator
 
 SourceEntry = dict[str, Any]
 
@@ -75,8 +76,37 @@ def htx() -> tuple[Simulator, list[SourceEntry]]:
     return sim, sources
 
 
+def treadfi() -> tuple[Simulator, list[SourceEntry]]:
+    """Two Tread.fi tokens with accounts on several exchanges; the second filters by account_names."""
+    sim = TreadfiSimulator(seed=13)
+    desks = {
+        "demo-treadfi-desk": [
+            ("DeskBybit", "Bybit", "18250.75", 2, 0),
+            ("DeskBinance", "Binance", "9400.5", 3, 2),
+            ("DeskOKX", "OKX", "5120.25", 1, 0),
+        ],
+        "demo-treadfi-fund": [
+            ("FundBinance", "Binance", "31000.0", 2, 1),
+            ("FundBybit", "Bybit", "7750.125", 3, 0),
+            ("FundOKX", "OKX", "2600.5", 1, 0),
+            ("FundArchive", "Binance", "150.0", 0, 0),  # left out by the source's filter
+        ],
+    }
+    sources = []
+    for name, accounts in desks.items():
+        key = _credentials(name)["api_key"]  # unsigned venue: the token is the only secret
+        for account, exchange, wallet, positions, spot in accounts:
+            sim.add_account(
+                os.environ[key[4:]], account, exchange, wallet=wallet, positions=positions, spot=spot
+            )
+        sources.append({"name": name, "venue": "treadfi", "api_key": key})
+    sources[1]["params"] = {"account_names": "FundBinance,FundBybit,FundOKX"}
+    return sim, sources
+
+
 BUILDERS: dict[str, Callable[[], tuple[Simulator, list[SourceEntry]]]] = {
     "bittap": bittap,
     "ltp": ltp,
     "htx": htx,
+    "treadfi": treadfi,
 }
