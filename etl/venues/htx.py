@@ -58,7 +58,7 @@ from etl.config import SourceConfig
 from etl.errors import NormalizeError, VenueError
 from etl.records import AccountRef, AccountRow, BalanceRow, Batch, PositionRow, RawResponse
 from etl.venues.fields import Fields
-from etl.venues.http import VenueClient
+from etl.venues.http import RequestFactory, VenueClient
 
 DEFAULT_BASE_URL = "https://api.hbdm.com"
 RATE_LIMIT = (72, 3.0)
@@ -227,7 +227,7 @@ async def fetch(http: VenueClient, source: SourceConfig) -> list[RawResponse]:
     secret = source.api_secret
     assert secret is not None  # config requires it for signed venues
 
-    def signed(path: str, params: Mapping[str, str]) -> Any:
+    def signed(path: str, params: Mapping[str, str]) -> RequestFactory:
         def build() -> httpx.Request:  # a fresh timestamp on every attempt
             ts = timestamp(http.clock())
             return build_request(http.base_url, path, params, source.api_key.reveal(), secret.reveal(), ts)
