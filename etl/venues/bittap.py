@@ -154,7 +154,7 @@ def _position(account: str, item: Any, where: str) -> PositionRow:
         side=side,  # type: ignore[arg-type]
         base=base or None,
         quote=quote or None,
-        quantity=abs(quantity) if quantity is not None else None,
+        quantity=quantity.copy_abs() if quantity is not None else None,  # abs() would round past 28 digits
         entry_price=f.decimal("avgEntryPrice"),
         mark_price=f.decimal("markPrice"),
         notional=f.decimal("entryValue"),

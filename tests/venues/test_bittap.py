@@ -123,3 +123,10 @@ def test_error_envelopes_become_venue_errors(status, body, message):
 
 def test_success_envelope_passes():
     bittap.check_envelope(200, seed_body())
+
+
+def test_a_quantity_longer_than_the_decimal_context_stays_exact():
+    body = seed_body()
+    body["data"]["positions"][0].update(side="SELL", quantity="-123456789012345678901234567890.123")
+    (position,) = bittap.normalize("b", response(body)).positions
+    assert str(position.quantity) == "123456789012345678901234567890.123"
