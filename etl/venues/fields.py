@@ -8,12 +8,15 @@ in the payload (`where`, e.g. `bittap data.positions[0]`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from etl.errors import NormalizeError
+
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 
 
 def parse_decimal(value: Any, where: str) -> Decimal | None:
@@ -31,6 +34,9 @@ def parse_decimal(value: Any, where: str) -> Decimal | None:
     elif isinstance(value, int):
         result = Decimal(value)
     elif isinstance(value, str):
+        # Decimal() alone would also take "1_000", "Infinity" and non-ASCII digits.
+        if not _NUMBER.fullmatch(value.strip()):
+            raise NormalizeError(f"{where}: expected a number, got {value!r}")
         try:
             result = Decimal(value.strip())
         except InvalidOperation:
