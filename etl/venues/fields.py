@@ -8,13 +8,18 @@ in the payload (`where`, e.g. `bittap data.positions[0]`).
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact, InvalidOperation, Rounded
 from typing import Any
 
 from etl.errors import NormalizeError
+
+# Arithmetic on venue numbers (summing networks, contracts x size) must never round: the
+# default context keeps 28 digits. Unbounded precision, and a trap if it ever did round.
+EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[Inexact, Rounded])
 
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 
@@ -46,6 +51,11 @@ def parse_decimal(value: Any, where: str) -> Decimal | None:
     if not result.is_finite():
         raise NormalizeError(f"{where}: expected a finite number, got {value!r}")
     return result
+
+
+def exact_sum(values: Iterable[Decimal]) -> Decimal:
+    """The exact sum of one or more decimals (no rounding at any number of digits)."""
+    return functools.reduce(EXACT.add, values)
 
 
 def ms_to_datetime(value: Any, where: str) -> datetime | None:

@@ -48,7 +48,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from decimal import Context, Decimal
+from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
@@ -57,7 +57,7 @@ import httpx
 from etl.config import SourceConfig
 from etl.errors import NormalizeError, VenueError
 from etl.records import AccountRef, AccountRow, BalanceRow, Batch, PositionRow, RawResponse
-from etl.venues.fields import Fields
+from etl.venues.fields import EXACT, Fields
 from etl.venues.http import RequestFactory, VenueClient
 
 DEFAULT_BASE_URL = "https://api.hbdm.com"
@@ -254,12 +254,6 @@ def _one(responses: Sequence[RawResponse], endpoint: str) -> RawResponse:
     return found[0]
 
 
-def _product(a: Decimal, b: Decimal) -> Decimal:
-    """a x b with every digit kept (the default context would round past 28 digits)."""
-    digits = len(a.as_tuple().digits) + len(b.as_tuple().digits)
-    return Context(prec=digits).multiply(a, b)
-
-
 def contract_sizes(responses: Iterable[RawResponse]) -> dict[str, Decimal]:
     sizes: dict[str, Decimal] = {}
     for response in responses:
@@ -331,7 +325,7 @@ def _position(account: str, item: Any, where: str, sizes: Mapping[str, Decimal])
             raise NormalizeError(
                 f"{where}.contract_code: no contract size for {symbol!r} in the contract info"
             )
-        quantity = _product(volume.copy_abs(), size)
+        quantity = EXACT.multiply(volume.copy_abs(), size)
     base, _, rest = symbol.partition("-")
     quote_ccy = rest.split("-")[0] if rest else None
     return PositionRow(

@@ -49,7 +49,7 @@ import hmac
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact, Rounded
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -57,7 +57,7 @@ import httpx
 from etl.config import SourceConfig
 from etl.errors import ConfigError, NormalizeError, VenueError
 from etl.records import AccountRef, AccountRow, BalanceRow, Batch, RawResponse
-from etl.venues.fields import Fields
+from etl.venues.fields import Fields, exact_sum
 from etl.venues.http import VenueClient
 
 DEFAULT_BASE_URL = "https://api.liquiditytech.com"
@@ -68,8 +68,6 @@ SUCCESS_CODES = {"200000", "200"}
 AUTH_CODES = {"2000", "2003"}
 TRANSIENT_CODES = {"429"}
 _AMOUNTS = ("totalBalance", "available", "withdrawAvailable", "frozen", "valueUsdt")
-# Sums of network parts must never round: unbounded precision, and a trap if it ever did.
-_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[Inexact, Rounded])
 
 
 def canonical_params(params: Mapping[str, str]) -> str:
@@ -151,14 +149,10 @@ def _part(item: Any, where: str) -> _Part:
     return _Part(where, currency, network, amounts, extra, item)
 
 
-def _exact_sum(values: Sequence[Decimal | None]) -> Decimal | None:
+def _sum_if_complete(values: Sequence[Decimal | None]) -> Decimal | None:
+    """The exact sum, or None if any network lacks the figure (a partial sum would mislead)."""
     known = [v for v in values if v is not None]
-    if len(known) < len(values):
-        return None
-    total = known[0]
-    for value in known[1:]:
-        total = _EXACT.add(total, value)
-    return total
+    return exact_sum(known) if known and len(known) == len(values) else None
 
 
 def _balance(account: str, account_type: str, parts: list[_Part]) -> BalanceRow:
@@ -172,7 +166,7 @@ def _balance(account: str, account_type: str, parts: list[_Part]) -> BalanceRow:
                     f"{part.where}: {part.currency} on network {part.network!r} repeats {seen[part.network]}"
                 )
             seen[part.network] = part.where
-        amounts = tuple(_exact_sum(column) for column in zip(*(p.amounts for p in parts), strict=True))
+        amounts = tuple(_sum_if_complete(column) for column in zip(*(p.amounts for p in parts), strict=True))
         extra = {"networks": [p.raw for p in parts]}
     total, available, withdrawable, frozen, value_usdt = amounts
     return BalanceRow(

@@ -57,13 +57,11 @@ Mapping (one source = one token = several accounts; `external_id` = the account 
 
 from __future__ import annotations
 
-import functools
 import json
-import operator
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import MAX_PREC, Decimal, Inexact, localcontext
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -71,7 +69,7 @@ import httpx
 from etl.config import SourceConfig
 from etl.errors import ConfigError, NormalizeError, VenueError
 from etl.records import AccountRef, AccountRow, BalanceRow, Batch, PositionRow, RawResponse
-from etl.venues.fields import Fields
+from etl.venues.fields import Fields, exact_sum
 from etl.venues.http import VenueClient
 
 DEFAULT_BASE_URL = "https://app.tread.fi"
@@ -139,15 +137,10 @@ async def fetch(http: VenueClient, source: SourceConfig) -> list[RawResponse]:
     return [await http.send(BALANCES, build, check_envelope)]
 
 
-def _exact_sum(values: Iterable[Decimal | None]) -> Decimal | None:
-    """The sum of the values sent, None if none was; exact (the default context keeps 28 digits)."""
+def _sum_present(values: Iterable[Decimal | None]) -> Decimal | None:
+    """The exact sum of the values sent, None if none was."""
     present = [v for v in values if v is not None]
-    if not present:
-        return None
-    with localcontext() as ctx:
-        ctx.prec = MAX_PREC
-        ctx.traps[Inexact] = True  # never round silently; a sum of finite decimals is exact here
-        return functools.reduce(operator.add, present)
+    return exact_sum(present) if present else None
 
 
 def _where(name: str) -> str:
@@ -212,10 +205,10 @@ def _account_rows(account: str, balances: Sequence[BalanceRow], extra: dict[str,
         AccountRow(
             account=account,
             account_type=market_type,
-            equity=_exact_sum(b.equity for b in rows),
-            unrealized_pnl=_exact_sum(b.unrealized_pnl for b in rows),
-            initial_margin=_exact_sum(b.initial_margin for b in rows),
-            maintenance_margin=_exact_sum(b.maintenance_margin for b in rows),
+            equity=_sum_present(b.equity for b in rows),
+            unrealized_pnl=_sum_present(b.unrealized_pnl for b in rows),
+            initial_margin=_sum_present(b.initial_margin for b in rows),
+            maintenance_margin=_sum_present(b.maintenance_margin for b in rows),
             equity_currency=EQUITY_CURRENCY,
             extra=dict(extra),
         )
