@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ import httpx
 from sqlalchemy import Engine, text
 
 from etl.config import Settings, parse_settings
+from etl.pipeline import RunResult, run_sources
 from etl.sim.base import Simulator
 from etl.sim.serve import SimServer
 
@@ -63,3 +65,24 @@ def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
 
 def count(engine: Engine, table: str) -> int:
     return int(rows(engine, f"SELECT count(*) FROM {table}")[0][0])
+
+
+def run(engine: Engine, settings: Settings, slot: datetime = SLOT) -> dict[str, RunResult]:
+    """Poll and load every source of `settings` for one slot, over real HTTP; results by source."""
+
+    async def go() -> list[RunResult]:
+        async with httpx.AsyncClient() as client:
+            return await run_sources(
+                settings, settings.sources, {s.name: slot for s in settings.sources}, engine, client
+            )
+
+    return {r.source: r for r in asyncio.run(go())}
+
+
+def row_versions(engine: Engine) -> set[tuple[Any, ...]]:
+    """(table, xmin, row as text) of every snapshot row: a rewritten row gets a new xmin."""
+    return {
+        tuple(r)
+        for table in ("balance_snapshots", "account_snapshots", "position_snapshots")
+        for r in rows(engine, f"SELECT '{table}', xmin::text, t::text FROM {table} t")
+    }

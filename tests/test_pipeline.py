@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import re
 from decimal import Decimal
 
-import httpx
 import pytest
 
-from etl.pipeline import RunResult, run_sources
 from etl.sim.base import Fault
 from etl.sim.bittap import BittapSimulator
-from tests.helpers import SLOT, count, rows, served, settings_for, source_entry
+from tests.helpers import count, row_versions, rows, run, served, settings_for, source_entry
 from tests.venues.test_bittap import seed_body
-
-
-def run(engine, settings, sims=None) -> dict[str, RunResult]:
-    async def go():
-        async with httpx.AsyncClient() as client:
-            return await run_sources(
-                settings, settings.sources, {s.name: SLOT for s in settings.sources}, engine, client
-            )
-
-    return {r.source: r for r in asyncio.run(go())}
 
 
 @pytest.fixture
@@ -40,12 +27,12 @@ def two_sources():
             source_entry("good", "bittap", good_server.url, "good-key", "good-secret"),
             timeout="0.5s",
         )
-        yield settings, {"bad.test": bad, "good.test": good}, bad
+        yield settings, bad, good
 
 
 def test_seed_example_round_trips_exactly_through_postgresql(engine, two_sources):
-    settings, sims, _ = two_sources
-    results = run(engine, settings, sims)
+    settings, _, _ = two_sources
+    results = run(engine, settings)
     assert results["bad"].status == "ok", results["bad"].error
     (balance,) = rows(
         engine,
@@ -71,18 +58,8 @@ def test_seed_example_round_trips_exactly_through_postgresql(engine, two_sources
     assert raw[0] == "12282.88002680674743639045"
 
 
-def row_versions(engine) -> set[tuple]:
-    """(table, xmin, row as text) of every snapshot row: a rewritten row gets a new xmin."""
-    return {
-        tuple(r)
-        for table in ("balance_snapshots", "account_snapshots", "position_snapshots")
-        for r in rows(engine, f"SELECT '{table}', xmin::text, t::text FROM {table} t")
-    }
-
-
 def test_rerunning_a_slot_rewrites_no_snapshot_row(engine, two_sources):
-    settings, sims, _ = two_sources
-    good = sims["good.test"]
+    settings, _, good = two_sources
     account = good.accounts["good-key"]
     account.body = {
         "code": "0",
@@ -90,9 +67,9 @@ def test_rerunning_a_slot_rewrites_no_snapshot_row(engine, two_sources):
         "msg": "",
         "data": good._data(account),
     }  # freeze it
-    first = run(engine, settings, sims)
+    first = run(engine, settings)
     before = row_versions(engine)
-    second = run(engine, settings, sims)
+    second = run(engine, settings)
     assert len(before) == 2 + 2 + 1 + 2  # balances, account rows, positions (1 seed + 2 good)
     assert row_versions(engine) == before
     assert all(sum(r.written.values()) == 0 for r in second.values())
@@ -101,13 +78,13 @@ def test_rerunning_a_slot_rewrites_no_snapshot_row(engine, two_sources):
 
 
 def test_a_changed_value_is_updated_and_a_closed_position_removed_on_rerun(engine, two_sources):
-    settings, sims, bad = two_sources
-    run(engine, settings, sims)
+    settings, bad, _ = two_sources
+    run(engine, settings)
     body = copy.deepcopy(bad.accounts["bad-key"].body)
     body["data"]["assets"][0]["balance"] = "1.5"
     body["data"]["positions"] = []
     bad.accounts["bad-key"].body = body
-    result = run(engine, settings, sims)["bad"]
+    result = run(engine, settings)["bad"]
     assert result.written["balance_snapshots"] == 1
     assert rows(
         engine,
@@ -150,10 +127,10 @@ BAD_ANSWERS = {
 
 @pytest.mark.parametrize("case", BAD_ANSWERS)
 def test_a_bad_answer_is_one_error_line_and_the_other_source_still_loads(engine, two_sources, case):
-    settings, sims, bad = two_sources
+    settings, bad, _ = two_sources
     fault, message = BAD_ANSWERS[case]
     bad.fail_next(*[fault] * 10)  # more than the retries
-    results = run(engine, settings, sims)
+    results = run(engine, settings)
     error = results["bad"].error
     assert results["bad"].status == "error"
     assert error.startswith("bad: bittap GET /ftapi/v1/account/info: ")
@@ -174,9 +151,9 @@ def test_a_bad_answer_is_one_error_line_and_the_other_source_still_loads(engine,
 
 
 def test_a_non_number_is_an_error_naming_the_field_and_keeps_the_raw_body(engine, two_sources):
-    settings, sims, bad = two_sources
+    settings, bad, _ = two_sources
     bad.accounts["bad-key"].body["data"]["assets"][0]["balance"] = "12,5 USDT"
-    results = run(engine, settings, sims)
+    results = run(engine, settings)
     assert results["bad"].error == ("bad: bittap data.assets[0].balance: expected a number, got '12,5 USDT'")
     assert results["good"].status == "ok"
     assert count(engine, "accounts") == 1
@@ -188,27 +165,27 @@ def test_a_non_number_is_an_error_naming_the_field_and_keeps_the_raw_body(engine
 
 
 def test_transient_failures_are_retried_and_the_slot_still_loads(engine, two_sources):
-    settings, sims, bad = two_sources
+    settings, bad, _ = two_sources
     bad.fail_next(
         Fault(503, "busy"), Fault(502, "bad gateway"), Fault(429, "slow down", {"Retry-After": "0"})
     )
-    result = run(engine, settings, sims)["bad"]
+    result = run(engine, settings)["bad"]
     assert result.status == "ok" and result.attempts == 4
     assert rows(engine, "SELECT attempts FROM ingestion_runs WHERE source = 'bad'") == [(4,)]
 
 
 def test_an_auth_error_is_not_retried(engine, two_sources):
-    settings, sims, bad = two_sources
+    settings, bad, _ = two_sources
     bad.accounts.clear()  # the key is no longer known: the simulator answers 410001
-    result = run(engine, settings, sims)["bad"]
+    result = run(engine, settings)["bad"]
     assert result.attempts == 1 and "410001" in result.error
     assert bad.requests["/ftapi/v1/account/info"] == 1
 
 
 def test_a_failure_after_success_keeps_the_loaded_slot(engine, two_sources):
-    settings, sims, bad = two_sources
-    run(engine, settings, sims)
+    settings, bad, _ = two_sources
+    run(engine, settings)
     bad.fail_next(*[Fault(401, "{}", content_type="application/json")] * 3)
-    assert run(engine, settings, sims)["bad"].status == "error"
+    assert run(engine, settings)["bad"].status == "error"
     assert rows(engine, "SELECT status FROM ingestion_runs WHERE source = 'bad'") == [("ok",)]
     assert count(engine, "balance_snapshots") == 2

@@ -6,8 +6,7 @@ import logging
 
 from etl.sim.base import Fault
 from etl.sim.bittap import BittapSimulator
-from tests.helpers import rows, served, settings_for, source_entry
-from tests.test_pipeline import run
+from tests.helpers import rows, run, served, settings_for, source_entry
 
 KEY, SECRET = "key-7f3a9c1e55", "secret-b8d2e4f6a0"
 
@@ -24,8 +23,14 @@ def test_secrets_appear_nowhere_after_good_and_failed_runs(engine, caplog):
     assert result.status == "error" and "***" in result.error
     dumped = " ".join(
         str(r)
-        for table in ("accounts", "ingestion_runs", "raw_payloads", "balance_snapshots", "account_snapshots",
-                      "position_snapshots")
+        for table in (
+            "accounts",
+            "ingestion_runs",
+            "raw_payloads",
+            "balance_snapshots",
+            "account_snapshots",
+            "position_snapshots",
+        )
         for r in rows(engine, f"SELECT t::text FROM {table} t")
     )
     for secret in (KEY, SECRET):

@@ -26,8 +26,7 @@ from etl.venues import htx
 from etl.venues.fields import parse_decimal
 from etl.venues.http import VenueClient
 from tests.conftest import FIXTURES
-from tests.helpers import SLOT, count, rows, served, settings_for, source_entry
-from tests.test_pipeline import row_versions, run
+from tests.helpers import SLOT, count, row_versions, rows, run, served, settings_for, source_entry
 
 FETCHED = datetime(2026, 1, 1, tzinfo=UTC)
 TS = "2025-01-16T02:37:50"

@@ -3,20 +3,17 @@ networks, error envelopes, normalizer properties, and the simulator through the 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from etl import exactjson
 from etl.errors import ConfigError, NormalizeError, VenueError
-from etl.pipeline import RunResult, run_sources
 from etl.records import RawResponse
 from etl.sim.base import Fault
 from etl.sim.demo import ltp as demo_ltp
@@ -24,8 +21,7 @@ from etl.sim.ltp import LtpSimulator, asset
 from etl.store.load import load_slot
 from etl.venues import ltp
 from tests.conftest import FIXTURES
-from tests.helpers import SLOT, count, rows, served, settings_for, source_entry
-from tests.test_pipeline import row_versions
+from tests.helpers import SLOT, count, row_versions, rows, run, served, settings_for, source_entry
 
 FETCHED = datetime(2026, 1, 1, tzinfo=UTC)
 AMOUNTS = ("totalBalance", "available", "withdrawAvailable", "frozen", "valueUsdt")
@@ -403,16 +399,6 @@ def test_a_malformed_number_anywhere_names_venue_field_and_position(n_accounts, 
 
 
 # --- through the pipeline, against the simulator over HTTP ---------------------------------------
-
-
-def run(engine, settings, slot: datetime = SLOT) -> dict[str, RunResult]:
-    async def go():
-        async with httpx.AsyncClient() as client:
-            return await run_sources(
-                settings, settings.sources, {s.name: slot for s in settings.sources}, engine, client
-            )
-
-    return {r.source: r for r in asyncio.run(go())}
 
 
 def desk(sim: LtpSimulator, key: str, secret: str) -> None:

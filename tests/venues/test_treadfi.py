@@ -22,8 +22,7 @@ from etl.sim.treadfi import TreadfiSimulator
 from etl.store.load import load_slot
 from etl.venues import treadfi
 from tests.conftest import FIXTURES
-from tests.helpers import SLOT, count, rows, served, settings_for, source_entry
-from tests.test_pipeline import row_versions, run
+from tests.helpers import SLOT, count, row_versions, rows, run, served, settings_for, source_entry
 
 FETCHED = datetime(2026, 1, 1, tzinfo=UTC)
 LONG = "1414.0603964112345678901234567890123"  # 35 significant digits; a float keeps 17
