@@ -2,7 +2,8 @@
 
 `load_slot` writes, in order: the run record (its id goes on every row), the accounts
 (upserted; ids looked up), the three snapshot tables (staged COPY + guarded upsert +
-delete of rows that vanished from this slot), and the raw payloads. The caller owns the
+delete of rows that vanished from this slot), the raw payloads, and the hourly/daily
+rollups (after creating the slot's monthly partitions if needed). The caller owns the
 transaction (`with engine.begin() as conn: load_slot(conn, ...)`): a slot loads whole
 or not at all. `record_failure` writes the run record of a failed poll, with the raw
 bodies that were received (to replay once the normalizer is fixed), and no snapshot row.
@@ -21,7 +22,7 @@ from sqlalchemy import Connection, Table
 from etl import exactjson
 from etl.errors import NormalizeError
 from etl.records import AccountRow, BalanceRow, Batch, PositionRow, RawResponse
-from etl.store import copy, upsert
+from etl.store import copy, partitions, rollups, upsert
 from etl.store.schema import account_snapshots, balance_snapshots, position_snapshots
 
 # Record field -> column order: the record's own fields, with account -> account_id and
@@ -215,6 +216,7 @@ def load_slot(
     attempts: int,
 ) -> LoadResult:
     fetched_at = min((r.fetched_at for r in responses), default=started_at)
+    partitions.ensure(conn, [slot])
     with _cursor(conn) as cur:
         run_id = upsert_run(
             cur,
@@ -237,6 +239,7 @@ def load_slot(
                 cur, table, columns, rows, source, slot
             )
         write_raw(cur, source, slot, responses, run_id)
+    rollups.upsert_slot(conn, source, slot)
     return LoadResult(run_id=run_id, written=written, deleted=deleted)
 
 
@@ -252,6 +255,7 @@ def record_failure(
 ) -> int | None:
     """The run row of a failed poll (an earlier `ok` for the same slot is kept) and its raw bodies."""
     empty = {"accounts": 0, "balances": 0, "account_rows": 0, "positions": 0}
+    partitions.ensure(conn, [slot])  # raw_payloads is partitioned too
     with _cursor(conn) as cur:
         run_id = upsert_run(
             cur,

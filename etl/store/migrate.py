@@ -12,6 +12,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine
 
 from etl.errors import StoreError
+from etl.store import partitions
 from etl.store.schema import metadata
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,10 +46,12 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         cfg = alembic_config()
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
+    partitions.forget()  # a migration may have created or dropped partitioned tables
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     _run(engine, "downgrade", revision)
+    partitions.forget()
 
 
 def current(engine: Engine) -> str:
@@ -58,11 +61,22 @@ def current(engine: Engine) -> str:
 
 
 def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
-    """What Alembic compares: not the views, which the migrations create as SQL."""
-    return not (type_ == "table" and reflected and compare_to is None and name in VIEWS)
+    """What Alembic compares: not the views, which the migrations create as SQL, and not the
+    monthly partitions, which the loader creates on demand (etl.store.partitions) and
+    retention drops: they are data, not schema; their columns, keys and indexes are the
+    parent's, which is compared."""
+    if type_ == "table" and reflected and compare_to is None and name is not None:
+        return not (name in VIEWS or partitions.CHILD_NAME.match(name))
+    return True
 
 
-VIEWS = {"latest_balances", "account_equity", "portfolio_equity"}
+VIEWS = {
+    "latest_balances",
+    "account_equity",
+    "portfolio_equity",
+    "portfolio_equity_hourly",
+    "portfolio_equity_daily",
+}
 
 
 def drift(engine: Engine) -> list[object]:

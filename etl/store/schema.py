@@ -3,6 +3,11 @@
 Alembic owns the database; this metadata is what the migrations must produce, and a
 test compares the two. Every amount is NUMERIC without precision or scale, so any
 decimal a venue sends is stored exactly.
+
+The three snapshot tables and `raw_payloads` are range-partitioned on `snapshot_ts`
+(one partition per month, created on demand by `etl.store.partitions`), so retention
+drops whole months. The rollup tables (hourly and daily, the last value of each key in
+the bucket) are what long-range reports read; retention keeps them.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+
+PARTITION_BY = "RANGE (snapshot_ts)"
 
 metadata = MetaData(
     naming_convention={
@@ -79,6 +86,7 @@ balance_snapshots = Table(
     *[_num(c) for c in BALANCE_VALUES],
     *_tail(),
     PrimaryKeyConstraint("account_id", "account_type", "currency", "snapshot_ts"),
+    postgresql_partition_by=PARTITION_BY,
 )
 
 ACCOUNT_VALUES = (
@@ -96,6 +104,7 @@ account_snapshots = Table(
     Column("state", Text),
     *_tail(),
     PrimaryKeyConstraint("account_id", "account_type", "snapshot_ts"),
+    postgresql_partition_by=PARTITION_BY,
 )
 
 POSITION_VALUES = (
@@ -118,6 +127,7 @@ position_snapshots = Table(
     PrimaryKeyConstraint("account_id", "account_type", "symbol", "side", "snapshot_ts"),
     CheckConstraint("side IN ('long', 'short')", name="side"),
     CheckConstraint("margin_mode IN ('cross', 'isolated')", name="margin_mode"),
+    postgresql_partition_by=PARTITION_BY,
 )
 
 ingestion_runs = Table(
@@ -141,10 +151,11 @@ ingestion_runs = Table(
     CheckConstraint("status IN ('ok', 'error', 'running', 'missed')", name="status"),
 )
 
+# The key is (source, slot, endpoint): a partitioned table's keys must hold the partition
+# column, and PostgreSQL before 17 has no identity columns on partitioned tables.
 raw_payloads = Table(
     "raw_payloads",
     metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
     Column("source", Text, nullable=False),
     Column("endpoint", Text, nullable=False),
     _ts("snapshot_ts", nullable=False),
@@ -152,10 +163,69 @@ raw_payloads = Table(
     Column("http_status", Integer, nullable=False),
     Column("body", JSONB, nullable=False),
     Column("run_id", BigInteger),
-    UniqueConstraint("source", "snapshot_ts", "endpoint"),
+    PrimaryKeyConstraint("source", "snapshot_ts", "endpoint"),
+    postgresql_partition_by=PARTITION_BY,
 )
 
 Index("ix_ingestion_runs_snapshot_ts", ingestion_runs.c.snapshot_ts)
+# A source's latest ok slot (latest_balances, balances_as_of) and its failures in a range
+# (portfolio_equity*): a source failing for weeks must not make either a long index walk.
+Index(
+    "ix_ingestion_runs_ok",
+    ingestion_runs.c.source,
+    ingestion_runs.c.snapshot_ts,
+    postgresql_where=ingestion_runs.c.status == "ok",
+)
+Index(
+    "ix_ingestion_runs_not_ok",
+    ingestion_runs.c.source,
+    ingestion_runs.c.snapshot_ts,
+    postgresql_where=ingestion_runs.c.status != "ok",
+)
 Index("ix_raw_payloads_snapshot_ts", raw_payloads.c.snapshot_ts)
 
+# The rows of one slot (the loader's delete and rollup upsert, latest_balances,
+# balances_as_of, portfolio_equity): the primary key leads with account_id and ends with
+# snapshot_ts, so alone it walks every row of the account in the month. Chosen over BRIN
+# by measurement: see migrations/versions/0002_partitions_rollups.py.
+for _table in (balance_snapshots, account_snapshots, position_snapshots):
+    Index(f"ix_{_table.name}_snapshot_ts_account_id", _table.c.snapshot_ts, _table.c.account_id)
+
 SNAPSHOT_TABLES = (balance_snapshots, account_snapshots, position_snapshots)
+PARTITIONED_TABLES = (*SNAPSHOT_TABLES, raw_payloads)
+
+
+def _rollup(name: str, keys: list[str], values: tuple[str, ...], extra: list[Column]) -> Table:
+    """The last row of each key in each bucket; `snapshot_ts` says which slot it came from."""
+    return Table(
+        name,
+        metadata,
+        Column("account_id", BigInteger, nullable=False),
+        _ts("bucket", nullable=False),
+        *[Column(k, Text, nullable=False) for k in keys],
+        _ts("snapshot_ts", nullable=False),
+        *[_num(c) for c in values],
+        *extra,
+        # account first, then time: "one account over a range" is one index range.
+        PrimaryKeyConstraint("account_id", "bucket", *keys),
+    )
+
+
+balances_hourly = _rollup("balances_hourly", ["account_type", "currency"], BALANCE_VALUES, [])
+balances_daily = _rollup("balances_daily", ["account_type", "currency"], BALANCE_VALUES, [])
+account_equity_hourly = _rollup(
+    "account_equity_hourly", ["account_type"], ACCOUNT_VALUES, [Column("equity_currency", Text)]
+)
+account_equity_daily = _rollup(
+    "account_equity_daily", ["account_type"], ACCOUNT_VALUES, [Column("equity_currency", Text)]
+)
+# (rollup, the table it summarizes, bucket width)
+ROLLUPS = (
+    (balances_hourly, balance_snapshots, "hour"),
+    (balances_daily, balance_snapshots, "day"),
+    (account_equity_hourly, account_snapshots, "hour"),
+    (account_equity_daily, account_snapshots, "day"),
+)
+for _rollup_table, _, _ in ROLLUPS:
+    # Every-bucket queries over the whole range (portfolio_equity_daily) group by bucket.
+    Index(f"ix_{_rollup_table.name}_bucket", _rollup_table.c.bucket)
