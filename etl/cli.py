@@ -232,6 +232,64 @@ def demo(
             server.stop()
 
 
+@app.command()
+@one_line_errors
+def daemon(
+    config: ConfigOption = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port.", show_default=False)
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address for the metrics endpoint.")] = "0.0.0.0",
+) -> None:
+    """Poll every source on its interval until SIGTERM/SIGINT, then finish in-flight loads and exit 0."""
+    from etl.scheduler import run_daemon
+    from etl.store.engine import engine_for
+
+    logs.setup()
+    settings = load_settings(config)
+    if not settings.sources:
+        raise ConfigError(f"{settings.path or 'config'}: no sources configured")
+    engine = engine_for(settings)  # not migrated here: the daemon migrates once the database answers
+    _engines.append(engine)
+    run_daemon(settings, engine, metrics_port=metrics_port, metrics_host=metrics_host)
+
+
+@app.command()
+@one_line_errors
+def status(config: ConfigOption = None) -> None:
+    """Per source: last slot loaded, last error, slots missed in 24 h, entries in this machine's spool."""
+    from etl.config import data_dir
+    from etl.spool import Spool
+    from etl.status import read_status, spool_only
+
+    settings = load_settings(config)
+    spool = Spool(data_dir() / "spool")
+    problem = None
+    try:
+        rows = read_status(_engine(settings, migrate_first=False), settings, spool)
+    except (EtlError, DBAPIError) as e:  # the spool is worth showing precisely when the database is down
+        rows, problem = spool_only(settings, spool), str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+    table = Table()
+    for column in ("source", "venue", "every", "last ok slot", "last error", "missed 24h", "spooled"):
+        table.add_column(column, no_wrap=column != "last error")  # only the message may wrap
+    for r in rows:
+        error = f"{r.last_error_slot:%Y-%m-%dT%H:%M:%SZ} {r.last_error}" if r.last_error_slot else ""
+        table.add_row(
+            r.source,
+            r.venue,
+            f"{r.interval.total_seconds():g}s",
+            f"{r.last_ok:%Y-%m-%dT%H:%M:%SZ}" if r.last_ok else ("?" if problem else "never"),
+            error,
+            "?" if problem else str(r.missed),
+            str(r.spooled),
+            style="red" if r.last_error_slot and (r.last_ok is None or r.last_error_slot > r.last_ok) else None,
+        )
+    out.print(table)
+    if problem:
+        err.print(f"error: database: {problem}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
 @db_app.command("upgrade")
 @one_line_errors
 def db_upgrade(

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 from aiolimiter import AsyncLimiter
@@ -23,7 +24,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from etl.config import Settings, SourceConfig
 from etl.errors import EtlError, StoreError
 from etl.records import Batch, RawResponse
-from etl.store.load import load_slot, record_failure
+from etl.store.load import load_slot, lock_slot, record_failure
 from etl.venues import venue
 from etl.venues.http import VenueClient
 
@@ -54,6 +55,7 @@ class RunResult:
     written: dict[str, int] = field(default_factory=dict)
     attempts: int = 0
     seconds: float = 0.0
+    already_loaded: bool = False  # store(keep_loaded=True) found the slot loaded and wrote nothing
 
 
 def scrub(message: str, source: SourceConfig) -> str:
@@ -71,8 +73,10 @@ def client_for(
     *,
     limiter: AsyncLimiter | None = None,
     deadline: float | None = None,
+    backoff_initial: float | None = None,
 ) -> VenueClient:
     module = venue(source.venue)
+    backoff: dict[str, Any] = {} if backoff_initial is None else {"backoff_initial": backoff_initial}
     return VenueClient(
         client,
         source.venue,
@@ -80,6 +84,7 @@ def client_for(
         timeout=settings.schedule.timeout.total_seconds(),
         limiter=limiter,
         deadline=deadline,
+        **backoff,
     )
 
 
@@ -88,8 +93,12 @@ async def poll(source: SourceConfig, slot: datetime, http: VenueClient) -> Polle
     module = venue(source.venue)
     batch, error = None, None
     try:
-        responses = await module.fetch(http, source)
+        # The client's deadline (the daemon's slot budget) also bounds a request in flight.
+        async with asyncio.timeout_at(http.deadline):
+            responses = await module.fetch(http, source)
         batch = module.normalize(source.name, responses)
+    except TimeoutError:
+        error = f"{source.name}: no answer before the slot's deadline (after {http.attempts} attempt(s))"
     except EtlError as err:
         error = f"{source.name}: {err}"
     except Exception as err:  # a bug in a venue module must not stop the other sources
@@ -106,12 +115,26 @@ async def poll(source: SourceConfig, slot: datetime, http: VenueClient) -> Polle
     )
 
 
-def store(engine: Engine, polled: Polled) -> RunResult:
-    """Write the poll's outcome in one transaction. Raises StoreError if the database failed."""
+def store(engine: Engine, polled: Polled, *, keep_loaded: bool = False) -> RunResult:
+    """Write the poll's outcome in one transaction. Raises StoreError if the database failed.
+
+    With keep_loaded (a spooled slot, or one polled without a claim), a slot that is
+    already `ok` is left as it is: the first load wins, so loading twice changes nothing.
+    """
     source = polled.source
     t0 = time.perf_counter()
     try:
         with engine.begin() as conn:
+            if keep_loaded and lock_slot(conn, source.name, polled.slot) == "ok":
+                return RunResult(
+                    source=source.name,
+                    venue=source.venue,
+                    slot=polled.slot,
+                    status="ok",
+                    error=None,
+                    attempts=polled.attempts,
+                    already_loaded=True,
+                )
             if polled.batch is not None:
                 result = load_slot(
                     conn,
@@ -137,7 +160,7 @@ def store(engine: Engine, polled: Polled) -> RunResult:
                 written = {}
     except EtlError as err:  # e.g. a batch with a duplicate key: the source's fault, recorded
         failed = Polled(**{**polled.__dict__, "batch": None, "error": f"{source.name}: {err}"})
-        return store(engine, failed)
+        return store(engine, failed, keep_loaded=keep_loaded)
     except (OperationalError, DBAPIError) as err:
         transient = isinstance(err, OperationalError) or bool(getattr(err, "connection_invalidated", False))
         raise StoreError(f"{source.name}: database: {_first_line(err)}", transient=transient) from None

@@ -271,3 +271,73 @@ def record_failure(
         if run_id is not None:
             write_raw(cur, source, slot, responses, run_id)
     return run_id
+
+
+def claim_slot(
+    conn: Connection,
+    *,
+    source: str,
+    slot: datetime,
+    worker: str,
+    abandoned: tuple[datetime, datetime],
+) -> bool:
+    """Claim (source, slot) for `worker`; False if another worker has it already.
+
+    Replicas of the daemon race here: the unique (source, snapshot_ts) lets exactly one
+    insert win. A `missed` row may still be claimed (a replica that slept wrote it while
+    this one was on time). Claims of other workers in the `abandoned` window [from, to)
+    that never finished (the worker died) are marked `missed` first, so status does not
+    show them running forever; the window is bounded so this stays an index range scan.
+    """
+    with _cursor(conn) as cur:
+        cur.execute(
+            """
+            UPDATE ingestion_runs SET status = 'missed', finished_at = now(),
+                error = 'claimed by worker ' || coalesce(worker, '?') || ', which never finished it'
+            WHERE source = %s AND status = 'running' AND snapshot_ts >= %s AND snapshot_ts < %s
+            """,
+            (source, *abandoned),
+        )
+        cur.execute(
+            """
+            INSERT INTO ingestion_runs AS r (source, snapshot_ts, started_at, status, worker)
+            VALUES (%s, %s, now(), 'running', %s)
+            ON CONFLICT (source, snapshot_ts) DO UPDATE SET status = 'running', worker = EXCLUDED.worker,
+                started_at = EXCLUDED.started_at, finished_at = NULL, error = NULL
+            WHERE r.status = 'missed'
+            RETURNING id
+            """,
+            (source, slot, worker),
+        )
+        return cur.fetchone() is not None
+
+
+def record_missed(conn: Connection, *, source: str, slots: Sequence[datetime], reason: str) -> int:
+    """Rows `missed` for slots nobody polled; a slot that has any row already is left alone."""
+    with _cursor(conn) as cur:
+        cur.execute(
+            """
+            INSERT INTO ingestion_runs (source, snapshot_ts, started_at, finished_at, status, error)
+            SELECT %s, s, now(), now(), 'missed', %s FROM unnest(%s::timestamptz[]) AS u(s)
+            ON CONFLICT (source, snapshot_ts) DO NOTHING
+            """,
+            (source, reason, list(slots)),
+        )
+        return cur.rowcount
+
+
+def lock_slot(conn: Connection, source: str, slot: datetime) -> str | None:
+    """Serialize loads of one (source, slot) until the transaction ends; return its run status.
+
+    A spooled slot may be drained by two replicas at once, or again after a crash between
+    its load and the removal of its file: under this lock the second sees `ok` and skips.
+    """
+    with _cursor(conn) as cur:
+        cur.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{source}|{slot.isoformat()}",)
+        )
+        cur.execute(
+            "SELECT status FROM ingestion_runs WHERE source = %s AND snapshot_ts = %s", (source, slot)
+        )
+        row = cur.fetchone()
+    return str(row[0]) if row else None

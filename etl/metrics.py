@@ -1,0 +1,89 @@
+"""The daemon's Prometheus metrics (prometheus-client), on `etl daemon --metrics-port P`.
+
+Per source: when a slot last loaded and which, how late its load finished (slot lag),
+poll and load durations, rows, outcomes, errors and missed slots; for the process: the
+spool depth and whether the database answers. Each daemon has its own registry, so
+tests can run several in one process.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from etl.pipeline import RunResult
+
+# Poll and load durations: from a fast loopback call to a slot budget spent on retries.
+_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.last_success = Gauge(
+            "etl_last_success_timestamp_seconds",
+            "When a slot of the source last loaded",
+            ["source"],
+            registry=r,
+        )
+        self.last_slot = Gauge(
+            "etl_last_loaded_slot_timestamp_seconds",
+            "The latest slot of the source loaded",
+            ["source"],
+            registry=r,
+        )
+        self.slot_lag = Gauge(
+            "etl_slot_lag_seconds",
+            "From the start of the slot to the end of its load",
+            ["source"],
+            registry=r,
+        )
+        self.poll_seconds = Histogram(
+            "etl_poll_duration_seconds",
+            "Venue poll, retries included",
+            ["source"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.load_seconds = Histogram(
+            "etl_load_duration_seconds", "Database load of one slot", ["source"], buckets=_BUCKETS, registry=r
+        )
+        self.rows = Counter("etl_rows_total", "Rows loaded", ["source", "table"], registry=r)
+        self.slots = Counter(
+            "etl_slots_total",
+            "Slots by outcome: ok, error, spooled, drained, claimed_elsewhere",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "etl_errors_total", "Errors by kind: venue, database", ["source", "kind"], registry=r
+        )
+        self.missed = Counter(
+            "etl_missed_slots_total", "Slots the daemon did not poll", ["source"], registry=r
+        )
+        self.spool_depth = Gauge("etl_spool_depth", "Entries waiting in the spool", registry=r)
+        self.database_up = Gauge("etl_database_up", "1 if the database answers", registry=r)
+        self._latest: dict[str, float] = {}  # a spooled slot drained late must not move it back
+
+    def serve(self, port: int, host: str) -> None:
+        start_http_server(port, addr=host, registry=self.registry)
+
+    def stored(self, result: RunResult, lag: float, load_seconds: float) -> None:
+        """A live slot's outcome (`ok` or a venue `error`), as written to the database."""
+        source = result.source
+        self.slots.labels(source, result.status).inc()
+        self.load_seconds.labels(source).observe(load_seconds)
+        if result.status != "ok":
+            self.errors.labels(source, "venue").inc()
+            return
+        self.loaded(result)
+        self.slot_lag.labels(source).set(lag)
+
+    def loaded(self, result: RunResult) -> None:
+        """A slot's rows are in the database (live or from the spool)."""
+        source = result.source
+        self.last_success.labels(source).set_to_current_time()
+        self._latest[source] = max(self._latest.get(source, 0.0), result.slot.timestamp())
+        self.last_slot.labels(source).set(self._latest[source])
+        for table, n in result.counts.items():
+            self.rows.labels(source, table).inc(n)

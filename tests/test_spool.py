@@ -1,0 +1,128 @@
+"""The durable spool: exact round trip, atomic files, and idempotent loads through the real upsert."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from etl.pipeline import Polled, client_for, poll, store
+from etl.records import RawResponse
+from etl.sim.bittap import BittapSimulator
+from etl.spool import Spool, SpooledMissed, SpooledPoll, SpoolError, replayed, spooled
+from etl.venues import bittap
+from tests.helpers import SLOT, asgi_client, count, rows, settings_for, source_entry
+from tests.test_pipeline import row_versions
+from tests.venues.test_bittap import seed_body
+
+FETCHED = datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)
+
+
+@pytest.fixture
+def sim_and_settings():
+    sim = BittapSimulator(seed=3)
+    sim.add_account("spool-key", "spool-secret", body=seed_body())
+    settings = settings_for(
+        source_entry("spooled", "bittap", "http://bittap.test", "spool-key", "spool-secret")
+    )
+    return sim, settings
+
+
+def polled_from(sim: BittapSimulator, settings) -> Polled:
+    (source,) = settings.sources
+
+    async def go() -> Polled:
+        async with asgi_client({"bittap.test": sim}) as client:
+            return await poll(source, SLOT, client_for(source, client, settings))
+
+    return asyncio.run(go())
+
+
+def test_a_spooled_poll_reads_back_exactly(tmp_path):
+    body = {"code": "0", "data": {"balance": Decimal("12282.88002680674743639045"), "n": 7, "x": None}}
+    entry = SpooledPoll(
+        source="s",
+        venue="bittap",
+        slot=SLOT,
+        started_at=FETCHED,
+        attempts=3,
+        error=None,
+        responses=(RawResponse(bittap.ACCOUNT_INFO, 200, body, FETCHED),),
+    )
+    spool = Spool(tmp_path / "spool")
+    path = spool.put(entry)
+    again = Spool(tmp_path / "spool").read(path)  # as a restarted process would
+    assert again == entry
+    assert str(again.responses[0].body["data"]["balance"]) == "12282.88002680674743639045"
+    assert "12282.88002680674743639045" in path.read_text()  # the digits on disk, not a float
+
+
+def test_entries_sort_oldest_slot_first_and_temp_files_are_not_entries(tmp_path):
+    spool = Spool(tmp_path)
+    late = spool.put(SpooledMissed("b", (datetime(2026, 1, 2, tzinfo=UTC),), "paused"))
+    early = spool.put(SpooledMissed("a", (datetime(2026, 1, 1, tzinfo=UTC),), "paused"))
+    (tmp_path / ".tmp-20250101T000000000000Z@a@poll@x.json").write_text('{"trunc')  # a crash mid-write
+    assert spool.pending() == [early, late]
+    assert spool.depth_by_source() == {"a": 1, "b": 1}
+    assert spool.recover() == 1
+    assert sorted(os.listdir(tmp_path)) == sorted([early.name, late.name])
+
+
+def test_an_unreadable_file_is_a_spool_error_and_is_moved_aside_not_deleted(tmp_path):
+    spool = Spool(tmp_path)
+    bad = tmp_path / "20260101T000000000000Z@a@poll@0.json"
+    bad.write_text('{"format": 1, "kind": "poll"}')
+    with pytest.raises(SpoolError, match="unreadable"):
+        spool.read(bad)
+    moved = spool.reject(bad)
+    assert spool.pending() == [] and moved.read_text() == '{"format": 1, "kind": "poll"}'
+
+
+def test_a_spooled_slot_loads_exactly_like_a_live_one(engine, tmp_path, sim_and_settings):
+    sim, settings = sim_and_settings
+    polled = polled_from(sim, settings)
+    spool = Spool(tmp_path)
+    path = spool.put(spooled(polled))
+    entry = Spool(tmp_path).read(path)
+    result = store(engine, replayed(entry, settings.sources[0]), keep_loaded=True)
+    assert result.status == "ok" and not result.already_loaded
+    assert rows(engine, "SELECT total::text FROM balance_snapshots") == [("12282.88002680674743639045",)]
+    assert rows(engine, "SELECT status, attempts FROM ingestion_runs") == [("ok", 1)]
+    assert count(engine, "raw_payloads") == 1
+
+
+def test_draining_a_slot_twice_changes_nothing(engine, tmp_path, sim_and_settings):
+    """A crash between the load and the removal of the file: the file is drained again."""
+    sim, settings = sim_and_settings
+    entry = Spool(tmp_path).read(Spool(tmp_path).put(spooled(polled_from(sim, settings))))
+    store(engine, replayed(entry, settings.sources[0]), keep_loaded=True)
+    before = row_versions(engine)
+    runs = rows(engine, "SELECT xmin::text, * FROM ingestion_runs")
+    again = store(engine, replayed(entry, settings.sources[0]), keep_loaded=True)
+    assert again.already_loaded
+    assert row_versions(engine) == before
+    assert rows(engine, "SELECT xmin::text, * FROM ingestion_runs") == runs
+
+
+def test_a_spooled_copy_never_overwrites_a_slot_loaded_first(engine, tmp_path, sim_and_settings):
+    """Two replicas polled the same slot while the database was down: the first load wins."""
+    sim, settings = sim_and_settings
+    first = polled_from(sim, settings)
+    sim.accounts["spool-key"].body["data"]["assets"][0]["balance"] = "1.5"
+    second = polled_from(sim, settings)
+    store(engine, first, keep_loaded=True)
+    assert store(engine, second, keep_loaded=True).already_loaded
+    assert rows(engine, "SELECT total::text FROM balance_snapshots") == [("12282.88002680674743639045",)]
+
+
+def test_a_spooled_venue_failure_is_recorded_as_the_slots_error(engine, tmp_path, sim_and_settings):
+    sim, settings = sim_and_settings
+    sim.accounts.clear()  # the venue now refuses the key
+    failed = polled_from(sim, settings)
+    entry = Spool(tmp_path).read(Spool(tmp_path).put(spooled(failed)))
+    result = store(engine, replayed(entry, settings.sources[0]), keep_loaded=True)
+    assert result.status == "error" and "410001" in (result.error or "")
+    assert rows(engine, "SELECT status, error FROM ingestion_runs") == [("error", failed.error)]
