@@ -14,8 +14,7 @@ from etl.records import RawResponse
 from etl.sim.bittap import BittapSimulator
 from etl.spool import Spool, SpooledMissed, SpooledPoll, SpoolError, replayed, spooled
 from etl.venues import bittap
-from tests.helpers import SLOT, asgi_client, count, rows, settings_for, source_entry
-from tests.test_pipeline import row_versions
+from tests.helpers import SLOT, asgi_client, count, row_versions, rows, settings_for, source_entry
 from tests.venues.test_bittap import seed_body
 
 FETCHED = datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)
