@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import psycopg
 from aiolimiter import AsyncLimiter
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
@@ -158,9 +159,17 @@ def store(engine: Engine, polled: Polled, *, keep_loaded: bool = False) -> RunRe
                     responses=polled.responses,
                 )
                 written = {}
-    except EtlError as err:  # e.g. a batch with a duplicate key: the source's fault, recorded
-        failed = Polled(**{**polled.__dict__, "batch": None, "error": f"{source.name}: {err}"})
+    except (EtlError, psycopg.DataError, psycopg.IntegrityError) as err:
+        # The batch itself was refused (a duplicate key, a value PostgreSQL cannot hold):
+        # the source's fault, recorded as its error; the database is fine.
+        if polled.batch is None:
+            raise StoreError(f"{source.name}: database: {_first_line(err)}") from None
+        failed = Polled(**{**polled.__dict__, "batch": None, "error": f"{source.name}: {_first_line(err)}"})
         return store(engine, failed, keep_loaded=keep_loaded)
+    except psycopg.OperationalError as err:  # raised by the raw driver cursor (COPY), not wrapped
+        raise StoreError(f"{source.name}: database: {_first_line(err)}", transient=True) from None
+    except psycopg.Error as err:
+        raise StoreError(f"{source.name}: database: {_first_line(err)}") from None
     except (OperationalError, DBAPIError) as err:
         transient = isinstance(err, OperationalError) or bool(getattr(err, "connection_invalidated", False))
         raise StoreError(f"{source.name}: database: {_first_line(err)}", transient=transient) from None

@@ -189,3 +189,14 @@ def test_a_failure_after_success_keeps_the_loaded_slot(engine, two_sources):
     assert run(engine, settings)["bad"].status == "error"
     assert rows(engine, "SELECT status FROM ingestion_runs WHERE source = 'bad'") == [("ok",)]
     assert count(engine, "balance_snapshots") == 2
+
+
+def test_a_number_postgresql_cannot_hold_is_the_sources_error_not_a_crash(engine, two_sources):
+    settings, bad, _ = two_sources
+    bad.accounts["bad-key"].body["data"]["assets"][0]["balance"] = "1E+200000"
+    results = run(engine, settings)
+    assert results["bad"].status == "error"
+    assert results["bad"].error.startswith("bad: value overflows numeric format")
+    assert results["good"].status == "ok"
+    assert rows(engine, "SELECT status FROM ingestion_runs WHERE source = 'bad'") == [("error",)]
+    assert count(engine, "accounts") == 1
