@@ -327,6 +327,173 @@ def db_current(config: ConfigOption = None) -> None:
     out.print(migrate.current(_engine(load_settings(config), migrate_first=False)))
 
 
+report_app = typer.Typer(
+    help="Balances and equity for people: tables, CSV, JSON, charts.", no_args_is_help=True
+)
+app.add_typer(report_app, name="report")
+FormatOption = Annotated[str, typer.Option("--format", help="table, csv or json.")]
+AccountOption = Annotated[
+    str | None, typer.Option(help="Only this account: its source, external id or source/external_id.")
+]
+
+
+def _time_option(name: str, value: str | None) -> datetime | None:
+    from etl.report import parse_time
+
+    try:
+        return parse_time(value) if value else None
+    except ValueError as e:
+        raise ConfigError(f"{name}: {e}") from None
+
+
+def _format_option(value: str) -> str:
+    from etl.report import FORMATS
+
+    if value not in FORMATS:
+        raise ConfigError(f"--format: expected one of {', '.join(FORMATS)}, got {value!r}")
+    return value
+
+
+def _emit(rendered: Any) -> None:
+    """CSV and JSON go to stdout untouched (for pipes); tables through rich."""
+    if isinstance(rendered, str):
+        sys.stdout.write(rendered if rendered.endswith("\n") else rendered + "\n")
+        return
+    for table in rendered if isinstance(rendered, list) else [rendered]:
+        out.print(table)
+
+
+@report_app.command("balances")
+@one_line_errors
+def report_balances(
+    config: ConfigOption = None,
+    at: Annotated[
+        str | None, typer.Option(help="As of this time (ISO 8601, or an age like 2h); default: the latest.")
+    ] = None,
+    account: AccountOption = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """Balances of every account at its source's latest ok slot, or as of --at (exact decimals)."""
+    from etl import report
+
+    moment, fmt = _time_option("--at", at), _format_option(fmt)
+    _emit(report.render_balances(report.balances(_engine(load_settings(config)), moment, account), fmt))
+
+
+@report_app.command("equity")
+@one_line_errors
+def report_equity(
+    config: ConfigOption = None,
+    since: Annotated[str | None, typer.Option(help="From this time (ISO 8601, or an age like 7d).")] = None,
+    until: Annotated[str | None, typer.Option(help="Up to this time (ISO 8601, or an age).")] = None,
+    freq: Annotated[
+        str, typer.Option(help="Period: a duration (15m, 1h, 1d), slot (as loaded) or auto (by the span).")
+    ] = "auto",
+    account: AccountOption = None,
+    fmt: FormatOption = "table",
+    plot: Annotated[
+        Path | None, typer.Option(help="Also draw the equity and drawdowns to this PNG.", show_default=False)
+    ] = None,
+) -> None:
+    """Equity per account and total, resampled; returns, max drawdown, incomplete periods flagged."""
+    from etl import report
+
+    start, end, fmt = _time_option("--since", since), _time_option("--until", until), _format_option(fmt)
+    try:
+        step = report.parse_freq(freq)
+    except ValueError as e:
+        raise ConfigError(f"--freq: {e}") from None
+    inputs = report.load_equity(_engine(load_settings(config)), start, end, step, account)
+    analysis = report.analyze(inputs)
+    _emit(report.render_equity(analysis, fmt))
+    if plot:
+        report.plot_equity(
+            inputs.equity, plot, title="Portfolio equity", incomplete=analysis.periods.incomplete
+        )
+        err.print(f"wrote {plot}", highlight=False)
+
+
+@app.command()
+@one_line_errors
+def replay(
+    config: ConfigOption = None,
+    since: Annotated[
+        str | None, typer.Option(help="Slots from this time (ISO 8601, or an age like 2d).")
+    ] = None,
+    source: Annotated[
+        list[str] | None, typer.Option("--source", "-s", help="Only this source (repeatable).")
+    ] = None,
+) -> None:
+    """Re-normalize stored raw payloads and load them again (after a normalizer fix). Idempotent."""
+    from etl.replay import replay as replay_slots
+
+    logs.setup()
+    settings = load_settings(config)
+    start = _time_option("--since", since)
+    report = replay_slots(_engine(settings), settings, since=start, sources=source)
+    for slot in report.failed[:10]:
+        err.print(f"still failing: {slot.slot:%Y-%m-%dT%H:%M:%SZ} {slot.error}", markup=False, soft_wrap=True)
+    out.print(report.summary(), highlight=False)
+
+
+@app.command()
+@one_line_errors
+def prune(
+    config: ConfigOption = None,
+    older_than: Annotated[
+        str | None, typer.Option(help="Horizon, e.g. 90d (default: [retention] older_than, else 90d).")
+    ] = None,
+) -> None:
+    """Retention: drop snapshot and raw-payload months older than the horizon; rollups are kept."""
+    from datetime import timedelta
+
+    from etl.store.retention import prune as prune_months
+
+    settings = load_settings(config)
+    try:
+        horizon = parse_duration(older_than) if older_than else None
+    except ValueError as e:
+        raise ConfigError(f"--older-than: {e}") from None
+    horizon = horizon or (settings.retention.older_than if settings.retention else timedelta(days=90))
+    report = prune_months(_engine(settings), horizon)
+    for d in report.dropped:
+        rows = f"~{d.rows:,} rows" if d.rows is not None else "rows not counted"
+        out.print(
+            f"dropped {d.partition} [{d.lower:%Y-%m-%d}, {d.upper:%Y-%m-%d}): {rows}, {d.bytes / 2**20:,.1f} MiB"
+        )
+    out.print(report.summary(), highlight=False)
+
+
+@app.command()
+@one_line_errors
+def rollup(
+    config: ConfigOption = None,
+    rebuild: Annotated[
+        bool, typer.Option("--rebuild", help="Recompute the range from the fine rows.")
+    ] = False,
+    since: Annotated[
+        str | None, typer.Option(help="From this time (default: the oldest month held).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Up to this time (default: the newest).")] = None,
+) -> None:
+    """Rebuild the hourly and daily rollups of a range (after a replay or a manual fix)."""
+    from etl.store.rollups import rebuild as rebuild_rollups
+
+    if not rebuild:
+        raise ConfigError("etl rollup needs --rebuild (the loader keeps the rollups current by itself)")
+    start, end = _time_option("--since", since), _time_option("--until", until)
+    done = rebuild_rollups(_engine(load_settings(config)), start, end)
+    for table in sorted({d.table for d in done}):
+        mine = [d for d in done if d.table == table]
+        out.print(
+            f"{table}: {sum(d.rows for d in mine):,} rows over "
+            f"[{min(d.since for d in mine):%Y-%m-%d %H:%M}, {max(d.until for d in mine):%Y-%m-%d %H:%M})",
+            highlight=False,
+        )
+    if not done:
+        out.print("nothing to rebuild: no snapshot rows in that range")
+
+
 def main() -> None:
     try:
         app()

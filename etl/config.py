@@ -118,6 +118,12 @@ class ScheduleConfig(_Model):
     timeout: Duration = timedelta(seconds=10)
 
 
+class RetentionConfig(_Model):
+    """`[retention]`: the daemon drops fine-grained months older than this, daily (`etl prune`)."""
+
+    older_than: Duration = timedelta(days=90)
+
+
 class SourceConfig(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     venue: str
@@ -167,6 +173,7 @@ class Settings(_Model):
     database: DatabaseConfig = DatabaseConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     sources: list[SourceConfig] = Field(default_factory=list)
+    retention: RetentionConfig | None = None  # absent: nothing is pruned unless asked
     path: Path | None = None
 
     @field_validator("sources")

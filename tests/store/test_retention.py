@@ -1,0 +1,66 @@
+"""Retention drops whole months of fine-grained rows and raw bodies, and keeps the rollups."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import text
+
+from etl.errors import StoreError
+from etl.records import RawResponse
+from etl.store import partitions, retention
+from tests.helpers import rows
+from tests.store.builders import at, load
+
+NOW = at("2026-06-15T12:00:00")
+
+
+def _months_of_data(engine) -> None:
+    for day in ("2026-02-10", "2026-03-10", "2026-03-20", "2026-05-01"):
+        slot = at(f"{day}T00:00:00")
+        raw = (RawResponse("/account", 200, {"day": day}, slot),)
+        load(engine, "s", slot, {"s": day[-2:]}, positions={"s": {"BTCUSDT": "1"}}, responses=raw)
+
+
+def test_prune_drops_whole_months_past_the_horizon_and_keeps_the_rollups(engine):
+    _months_of_data(engine)
+    daily_before = rows(engine, "SELECT * FROM portfolio_equity_daily ORDER BY bucket")
+    report = retention.prune(engine, timedelta(days=90), now=NOW)  # horizon 2026-03-17 12:00
+    assert report.horizon == at("2026-03-17T12:00:00")
+    assert sorted(d.partition for d in report.dropped) == [
+        f"{parent}_p2026_02" for parent in sorted(partitions.PARENTS)
+    ]
+    # March straddles the horizon: kept whole, including the 10th, which is past it
+    assert rows(engine, "SELECT snapshot_ts FROM account_snapshots ORDER BY 1") == [
+        (at("2026-03-10T00:00:00"),),
+        (at("2026-03-20T00:00:00"),),
+        (at("2026-05-01T00:00:00"),),
+    ]
+    assert rows(engine, "SELECT count(*) FROM raw_payloads")[0][0] == 3
+    assert rows(engine, "SELECT count(*) FROM position_snapshots")[0][0] == 3
+    assert rows(engine, "SELECT * FROM portfolio_equity_daily ORDER BY bucket") == daily_before
+    assert "dropped 4 partition(s)" in report.summary()
+
+
+def test_prune_with_nothing_old_enough_drops_nothing_and_says_so(engine):
+    _months_of_data(engine)
+    report = retention.prune(engine, timedelta(days=400), now=NOW)
+    assert report.dropped == ()
+    assert report.summary().startswith("nothing older than 2025-05-11")
+    assert rows(engine, "SELECT count(*) FROM balance_snapshots")[0][0] == 4
+
+
+def test_a_table_locked_by_a_long_query_is_one_clear_error_not_a_queue(engine, monkeypatch):
+    _months_of_data(engine)
+    monkeypatch.setattr(retention, "LOCK_TIMEOUT", "200ms")
+    with engine.connect() as reader, reader.begin():
+        reader.execute(text("SELECT count(*) FROM account_snapshots"))  # holds its lock until commit
+        with pytest.raises(StoreError, match="account_snapshots stayed locked for 200ms"):
+            retention.prune(engine, timedelta(days=90), now=NOW)
+    with engine.connect() as conn:
+        left = {p.name for p in partitions.list_partitions(conn)}
+    assert "balance_snapshots_p2026_02" not in left  # the table before it was pruned
+    assert "account_snapshots_p2026_02" in left
+    report = retention.prune(engine, timedelta(days=90), now=NOW)  # and a later run finishes
+    assert {d.parent for d in report.dropped} == {"account_snapshots", "position_snapshots", "raw_payloads"}

@@ -1,0 +1,106 @@
+"""Replay: stored raw bodies, normalized again by today's code and loaded again."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from etl.errors import NormalizeError
+from etl.replay import replay
+from etl.sim.bittap import BittapSimulator
+from etl.venues import bittap
+from tests.helpers import SLOT, row_versions, rows, run, served, settings_for, source_entry
+from tests.venues.test_bittap import seed_body
+
+NEXT = SLOT + timedelta(minutes=1)
+
+
+@pytest.fixture
+def sources():
+    """`seed` serves the venue's example body (26-digit decimals); `other` a simulated account."""
+    seed, other = BittapSimulator(seed=1), BittapSimulator(seed=2)
+    seed.add_account("seed-key", "seed-secret", body=seed_body())
+    other.add_account("other-key", "other-secret")
+    with served(seed) as seed_server, served(other) as other_server:
+        yield settings_for(
+            source_entry("seed", "bittap", seed_server.url, "seed-key", "seed-secret"),
+            source_entry("other", "bittap", other_server.url, "other-key", "other-secret"),
+        )
+
+
+def _broken(source, responses):  # type: ignore[no-untyped-def]
+    raise NormalizeError("bittap data.assets[0].balance: the bug this replay fixes")
+
+
+def _drops_balances(source, responses):  # type: ignore[no-untyped-def]
+    return replace(_real(source, responses), balances=())
+
+
+_real = bittap.normalize
+
+
+def test_a_slot_the_old_normalizer_failed_on_loads_on_replay_exactly(engine, sources, monkeypatch):
+    monkeypatch.setattr(bittap, "normalize", _broken)
+    assert run(engine, sources)["seed"].status == "error"
+    assert rows(engine, "SELECT count(*) FROM balance_snapshots") == [(0,)]
+    monkeypatch.setattr(bittap, "normalize", _real)  # the fix
+
+    report = replay(engine, sources)
+
+    assert report.failed == ()
+    assert {(s.source, s.slot) for s in report.slots} == {("seed", SLOT), ("other", SLOT)}
+    assert rows(engine, "SELECT status FROM ingestion_runs ORDER BY source") == [("ok",), ("ok",)]
+    totals = rows(
+        engine,
+        "SELECT b.total::text FROM balance_snapshots b JOIN accounts a ON a.id = b.account_id "
+        "WHERE a.source = 'seed' AND b.currency = 'USDT'",
+    )
+    assert totals == [("12282.88002680674743639045",)]  # through jsonb and back, not through float
+    assert rows(engine, "SELECT count(*) FROM balances_daily")[0][0] == count_balances(engine)
+
+
+def count_balances(engine) -> int:
+    return rows(engine, "SELECT count(*) FROM balance_snapshots")[0][0]
+
+
+def test_replay_restores_rows_and_rollups_a_buggy_normalizer_left_out(engine, sources, monkeypatch):
+    monkeypatch.setattr(bittap, "normalize", _drops_balances)
+    run(engine, sources)
+    run(engine, sources, NEXT)
+    assert count_balances(engine) == 0
+    monkeypatch.setattr(bittap, "normalize", _real)
+
+    report = replay(engine, sources, since=NEXT, sources=["seed"])
+
+    assert [(s.source, s.slot) for s in report.slots] == [("seed", NEXT)]
+    got = rows(
+        engine,
+        "SELECT a.source, b.snapshot_ts, b.total FROM balance_snapshots b "
+        "JOIN accounts a ON a.id = b.account_id WHERE b.currency = 'USDT'",
+    )
+    assert got == [("seed", NEXT, Decimal("12282.88002680674743639045"))]
+    assert rows(engine, "SELECT snapshot_ts FROM balances_hourly WHERE currency = 'USDT'") == [(NEXT,)]
+
+
+def test_replaying_twice_rewrites_nothing(engine, sources):
+    run(engine, sources)
+    replay(engine, sources)
+    before = row_versions(engine)
+    report = replay(engine, sources)
+    assert sum(s.written for s in report.slots) == 0
+    assert row_versions(engine) == before
+
+
+def test_a_slot_that_still_fails_is_reported_and_left_alone(engine, sources, monkeypatch):
+    run(engine, sources)
+    before = row_versions(engine)
+    monkeypatch.setattr(bittap, "normalize", _broken)
+    report = replay(engine, sources)
+    assert len(report.failed) == 2
+    assert "the bug this replay fixes" in (report.failed[0].error or "")
+    assert row_versions(engine) == before
+    assert rows(engine, "SELECT DISTINCT status FROM ingestion_runs") == [("ok",)]
+    assert "2 still failing" in report.summary()
