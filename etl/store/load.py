@@ -1,8 +1,9 @@
 """Load one source's batch for one slot, in the caller's transaction.
 
 `load_slot` writes, in order: the run record (its id goes on every row), the accounts
-(upserted; ids looked up), the three snapshot tables (staged COPY + guarded upsert +
-delete of rows that vanished from this slot), the raw payloads, and the hourly/daily
+(upserted; ids looked up), the three snapshot tables (a fresh slot: one COPY; a re-load:
+staged COPY + guarded upsert + delete of rows that vanished from this slot; see
+`etl.store.upsert`), the raw payloads, and the hourly/daily
 rollups (after creating the slot's monthly partitions if needed). The caller owns the
 transaction (`with engine.begin() as conn: load_slot(conn, ...)`): a slot loads whole
 or not at all. `record_failure` writes the run record of a failed poll, with the raw
@@ -12,8 +13,9 @@ bodies that were received (to replay once the normalizer is fixed), and no snaps
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 import psycopg
@@ -25,13 +27,15 @@ from etl.records import AccountRow, BalanceRow, Batch, PositionRow, RawResponse
 from etl.store import copy, partitions, rollups, upsert
 from etl.store.schema import account_snapshots, balance_snapshots, position_snapshots
 
-# Record field -> column order: the record's own fields, with account -> account_id and
-# snapshot_ts, fetched_at and run_id added. The records mirror the tables on purpose.
+# Record field -> column: the record's own fields, with account -> account_id, then
+# snapshot_ts, fetched_at and run_id (the same for every row of a load: the COPY tail).
+# The records mirror the tables on purpose.
 _LOADED = (
-    (balance_snapshots, BalanceRow, "balances"),
-    (account_snapshots, AccountRow, "account_rows"),
-    (position_snapshots, PositionRow, "positions"),
+    (balance_snapshots, copy.Layout.of(BalanceRow), "balances"),
+    (account_snapshots, copy.Layout.of(AccountRow), "account_rows"),
+    (position_snapshots, copy.Layout.of(PositionRow), "positions"),
 )
+_TAIL = ["snapshot_ts", "fetched_at", "run_id"]
 
 
 @dataclass(frozen=True)
@@ -39,15 +43,6 @@ class LoadResult:
     run_id: int
     written: dict[str, int]  # rows inserted or changed per table (0 on an unchanged re-run)
     deleted: dict[str, int]
-
-
-def _columns(record_type: type) -> list[str]:
-    names = [f.name for f in fields(record_type)]
-    return ["account_id" if n == "account" else n for n in names] + [
-        "snapshot_ts",
-        "fetched_at",
-        "run_id",
-    ]
 
 
 def _cursor(conn: Connection) -> psycopg.Cursor[Any]:
@@ -130,54 +125,76 @@ def upsert_accounts(
     return {external_id: int(account_id) for external_id, account_id in cur.fetchall()}
 
 
-def _rows(
-    records: Sequence[Any],
-    columns: list[str],
-    ids: dict[str, int],
-    slot: datetime,
-    fetched_at: datetime,
-    run_id: int,
-    table: Table,
-) -> list[tuple[Any, ...]]:
-    keys = upsert.key_columns(table)
-    key_at = [columns.index(k) for k in keys]
-    rows, seen = [], set()
-    for record in records:
-        values = astuple(record)
-        try:
-            account_id = ids[values[0]]
-        except KeyError:
-            raise NormalizeError(
-                f"{table.name}: row for account {values[0]!r} that the batch does not list"
-            ) from None
-        row = (account_id, *values[1:], slot, fetched_at, run_id)
-        key = tuple(row[i] for i in key_at)
+def _check(records: Sequence[Any], ids: dict[str, int], table: Table) -> None:
+    """Every row's account is one the batch lists, and no key comes twice (C-speed sets)."""
+    unknown = {r.account for r in records}.difference(ids)
+    if unknown:
+        raise NormalizeError(f"{table.name}: row for account {min(unknown)!r} that the batch does not list")
+    names = ["account" if k == "account_id" else k for k in upsert.key_columns(table) if k != "snapshot_ts"]
+    keys = list(map(attrgetter(*names), records))
+    if len(set(keys)) == len(keys):
+        return
+    seen = set()
+    for key in keys:
         if key in seen:
-            raise NormalizeError(f"{table.name}: the venue sent {key[1:-1]} twice for account {values[0]!r}")
+            raise NormalizeError(f"{table.name}: the venue sent {key[1:]} twice for account {key[0]!r}")
         seen.add(key)
-        rows.append(row)
-    return rows
+
+
+def _held(cur: psycopg.Cursor[Any], source: str, slot: datetime) -> dict[str, bool]:
+    """Which snapshot tables already hold rows of the source at the slot (a re-load).
+
+    Loads of one (source, slot) are serialized by the lock `upsert_run` takes on its run
+    row, so no such row can appear between this check and the COPY.
+    """
+    tables = [table for table, _, _ in _LOADED]
+    cur.execute(upsert.held_sql(tables), {"slot": slot, "source": source})
+    row = cur.fetchone()
+    assert row is not None
+    return {t.name: bool(held) for t, held in zip(tables, row, strict=True)}
+
+
+def _copy(
+    cur: psycopg.Cursor[Any],
+    into: str,
+    layout: copy.Layout,
+    records: Sequence[Any],
+    ids: dict[str, int],
+    tail: tuple[Any, ...],
+) -> None:
+    with cur.copy(upsert.copy_sql(into, [*layout.columns, *_TAIL])) as pipe:
+        for chunk in copy.lines(records, layout, ids, tail):
+            pipe.write(chunk)
 
 
 def upsert_snapshots(
     cur: psycopg.Cursor[Any],
     table: Table,
-    columns: list[str],
-    rows: list[tuple[Any, ...]],
+    layout: copy.Layout,
+    records: Sequence[Any],
+    ids: dict[str, int],
+    tail: tuple[Any, ...],
+    *,
     source: str,
     slot: datetime,
+    held: bool,
 ) -> tuple[int, int]:
-    """Stage and upsert `rows`; returns (rows written, rows deleted)."""
+    """Write the slot's `records` into `table`; returns (rows written, rows deleted)."""
+    if not held:  # a fresh slot: nothing to compare with, nothing vanished
+        if records:
+            _copy(cur, table.name, layout, records, ids, tail)
+        return len(records), 0
     cur.execute(upsert.create_stage_sql(table))
-    if rows:
-        with cur.copy(upsert.copy_sql(table, columns)) as pipe:
-            pipe.write(copy.encode(rows))
-        cur.execute(upsert.upsert_sql(table, columns))
+    written = 0
+    if records:
+        _copy(cur, upsert.stage_name(table), layout, records, ids, tail)
+        cur.execute(upsert.upsert_sql(table, [*layout.columns, *_TAIL]))
         written = cur.rowcount
-    else:
-        written = 0
-    cur.execute(upsert.delete_missing_sql(table), {"slot": slot, "source": source})
-    return written, cur.rowcount
+    cur.execute(upsert.vanished_sql(table), {"slot": slot, "source": source})
+    vanished = [(slot, *key) for key in cur.fetchall()]
+    if vanished:
+        cur.executemany(upsert.delete_key_sql(table), vanished)
+    return written, len(vanished)
 
 
 def write_raw(
@@ -231,12 +248,21 @@ def load_slot(
         )
         assert run_id is not None
         ids = upsert_accounts(cur, source, venue, slot, batch)
+        held = _held(cur, source, slot)
         written, deleted = {}, {}
-        for table, record_type, attr in _LOADED:
-            columns = _columns(record_type)
-            rows = _rows(getattr(batch, attr), columns, ids, slot, fetched_at, run_id, table)
+        for table, layout, attr in _LOADED:
+            records = getattr(batch, attr)
+            _check(records, ids, table)
             written[table.name], deleted[table.name] = upsert_snapshots(
-                cur, table, columns, rows, source, slot
+                cur,
+                table,
+                layout,
+                records,
+                ids,
+                (slot, fetched_at, run_id),
+                source=source,
+                slot=slot,
+                held=held[table.name],
             )
         write_raw(cur, source, slot, responses, run_id)
     rollups.upsert_slot(conn, source, slot)
