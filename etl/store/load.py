@@ -265,7 +265,7 @@ def load_slot(
                 held=held[table.name],
             )
         write_raw(cur, source, slot, responses, run_id)
-    rollups.upsert_slot(conn, source, slot)
+    rollups.upsert_slot(conn, source, slot, shrunk=[name for name, n in deleted.items() if n])
     return LoadResult(run_id=run_id, written=written, deleted=deleted)
 
 

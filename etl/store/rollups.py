@@ -15,6 +15,7 @@ their rows and the rollups are all that is left of them.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -102,12 +103,18 @@ def vanished_sql(rollup: Table, source: Table, width: str) -> str:
     )
 
 
-def upsert_slot(conn: Connection, source: str, slot: datetime) -> None:
-    """Bring every rollup up to date with the rows just written for `source` at `slot`."""
+def upsert_slot(conn: Connection, source: str, slot: datetime, shrunk: Collection[str] = ()) -> None:
+    """Bring every rollup up to date with the rows just written for `source` at `slot`.
+
+    `shrunk` names the snapshot tables that lost rows of this slot on this load (a re-run
+    without a currency): only their rollups can hold a key that vanished. Checking the
+    others would cost more than the upsert itself, for nothing.
+    """
     params = {"slot": slot, "source": source}
-    for rollup, source, width in ROLLUPS:
-        conn.execute(text(upsert_slot_sql(rollup, source, width)), params)
-        conn.execute(text(vanished_sql(rollup, source, width)), params)
+    for rollup, fine, width in ROLLUPS:
+        conn.execute(text(upsert_slot_sql(rollup, fine, width)), params)
+        if fine.name in shrunk:
+            conn.execute(text(vanished_sql(rollup, fine, width)), params)
 
 
 def rebuild_sql(rollup: Table, source: Table, width: str) -> str:

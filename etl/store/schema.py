@@ -220,12 +220,12 @@ account_equity_daily = _rollup(
     "account_equity_daily", ["account_type"], ACCOUNT_VALUES, [Column("equity_currency", Text)]
 )
 # (rollup, the table it summarizes, bucket width)
-ROLLUPS = (
+ROLLUPS: tuple[tuple[Table, Table, str], ...] = (
     (balances_hourly, balance_snapshots, "hour"),
     (balances_daily, balance_snapshots, "day"),
     (account_equity_hourly, account_snapshots, "hour"),
     (account_equity_daily, account_snapshots, "day"),
 )
-for _rollup_table, _, _ in ROLLUPS:
+for _rollup_table, *_ in ROLLUPS:
     # Every-bucket queries over the whole range (portfolio_equity_daily) group by bucket.
     Index(f"ix_{_rollup_table.name}_bucket", _rollup_table.c.bucket)

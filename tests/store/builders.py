@@ -22,7 +22,7 @@ def batch(
     positions: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Batch:
     """`equity`: account -> equity; `balances`: account -> {currency: total} (default USDT =
-    equity); `positions`: account -> {symbol: notional}, long, base = symbol's first 3 letters."""
+    equity); `positions`: account -> {symbol or symbol:short: notional}."""
     balances = balances if balances is not None else {a: {"USDT": e or "0"} for a, e in equity.items()}
     return Batch(
         accounts=tuple(AccountRef(a) for a in equity),
@@ -36,10 +36,18 @@ def batch(
             for a, e in equity.items()
         ),
         positions=tuple(
-            PositionRow(a, "futures", sym, "long", base=sym[:3], quote="USDT", notional=Decimal(v))
+            _position(a, key, Decimal(v))
             for a, by_sym in (positions or {}).items()
-            for sym, v in by_sym.items()
+            for key, v in by_sym.items()
         ),
+    )
+
+
+def _position(account: str, key: str, notional: Decimal) -> PositionRow:
+    """`key` is `SYMBOL` (long) or `SYMBOL:short`; the base is the symbol's first 3 letters."""
+    symbol, _, side = key.partition(":")
+    return PositionRow(
+        account, "futures", symbol, "short" if side == "short" else "long", base=symbol[:3], notional=notional
     )
 
 
