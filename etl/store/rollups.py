@@ -87,18 +87,22 @@ def upsert_slot_sql(rollup: Table, source: Table, width: str) -> str:
 def vanished_sql(rollup: Table, source: Table, width: str) -> str:
     """A key the slot held on an earlier run but no longer does (a currency sold out between
     two runs of the same slot): its bucket row goes back to the key's previous row in the
-    bucket, or away if there is none."""
-    keys = _keys(rollup)
-    match = " AND ".join(f"s.{k} = r.{k}" for k in ("account_id", *keys))
-    order = ", ".join(f"s.{k}" for k in ("account_id", *keys))
+    bucket, or away if there is none. The keys are found by EXCEPT, not NOT EXISTS: the
+    slot was just written, the statistics have never seen it, and an anti-join planned
+    on that guess is a nested loop over the whole slot for each row."""
+    keys = ("account_id", *_keys(rollup))
+    cols = ", ".join(keys)
+    bucket = _bucket(width, "CAST(:slot AS timestamptz)")
+    by_key = " AND ".join(f"r.{k} = g.{k}" for k in keys)
+    order = ", ".join(f"s.{k}" for k in keys)
     return (
-        f"WITH gone AS (DELETE FROM {rollup.name} r WHERE r.{_OF_SOURCE} "
-        f"AND r.bucket = {_bucket(width, 'CAST(:slot AS timestamptz)')} AND r.snapshot_ts = :slot "
-        f"AND NOT EXISTS (SELECT 1 FROM {source.name} s WHERE {match} AND s.snapshot_ts = :slot) "
-        f"RETURNING r.*) "
+        f"WITH g AS (SELECT {cols} FROM {rollup.name} WHERE {_OF_SOURCE} AND bucket = {bucket} "
+        f"AND snapshot_ts = :slot EXCEPT SELECT {cols} FROM {source.name} WHERE snapshot_ts = :slot "
+        f"AND {_OF_SOURCE}), "
+        f"gone AS (DELETE FROM {rollup.name} r USING g WHERE {by_key} AND r.bucket = {bucket} RETURNING r.*) "
         f"{_insert_head(rollup)} SELECT DISTINCT ON ({order}) {_select_list(rollup, width)} "
-        f"FROM {source.name} s JOIN gone r ON {match} "
-        f"WHERE s.snapshot_ts >= r.bucket AND s.snapshot_ts < :slot "
+        f"FROM {source.name} s JOIN gone g ON {by_key.replace('r.', 's.')} "
+        f"WHERE s.snapshot_ts >= g.bucket AND s.snapshot_ts < :slot "
         f"ORDER BY {order}, s.snapshot_ts DESC"
     )
 
