@@ -13,6 +13,7 @@ the same rows on both:
   latest balances  latest balances of all accounts
   balances as of   balances of all accounts as of a past time
   slot of source   the rows of one source at one slot (what every load deletes/rolls up)
+  portfolio slots  portfolio equity per slot (`portfolio_equity`) over the last day
 
 Then `etl prune --older-than 90d` runs on the store (as a command, timed), and the daily
 portfolio equity is compared with what it was before.
@@ -203,6 +204,18 @@ _LATEST_0001 = """
                   WHERE r.source = a.source AND r.status = 'ok' {before}) last ON true
     JOIN ref_balance_snapshots b ON b.account_id = a.id AND b.snapshot_ts = last.slot
 """
+_PORTFOLIO_0001 = """
+    SELECT r.slot, coalesce(e.total_equity, 0) AS total_equity,
+           coalesce(e.accounts_reporting, 0) AS accounts_reporting,
+           (SELECT count(*) FROM accounts a
+            WHERE a.first_seen_at <= r.slot
+              AND (a.last_seen_at >= r.slot
+                   OR EXISTS (SELECT 1 FROM ingestion_runs f WHERE f.source = a.source
+                              AND f.snapshot_ts = r.slot AND f.status <> 'ok'))) AS accounts_expected
+    FROM (SELECT DISTINCT snapshot_ts AS slot FROM ingestion_runs) r
+    LEFT JOIN (SELECT snapshot_ts, sum(equity) AS total_equity, count(DISTINCT account_id) AS accounts_reporting
+               FROM ref_account_snapshots GROUP BY snapshot_ts) e ON e.snapshot_ts = r.slot
+"""
 _EXPECTED_DAILY = """
     (SELECT count(*) FROM accounts a WHERE a.first_seen_at < d.bucket + interval '1 day'
        AND (a.last_seen_at >= d.bucket OR EXISTS (SELECT 1 FROM ingestion_runs f WHERE f.source = a.source
@@ -263,6 +276,13 @@ def queries(shape: Shape) -> list[tuple[str, str, str, str, dict[str, Any]]]:
             "SELECT count(*), sum(total) FROM ref_balance_snapshots WHERE snapshot_ts = :slot "
             "AND account_id IN (SELECT id FROM accounts WHERE source = 'src-03')",
             {"slot": floor_to_slot(past, shape.interval)},
+        ),
+        (
+            "portfolio_slots",
+            "portfolio equity per slot, last day",
+            "SELECT * FROM portfolio_equity WHERE slot > :since ORDER BY slot",
+            f"SELECT * FROM ({_PORTFOLIO_0001}) p WHERE slot > :since ORDER BY slot",
+            {"since": shape.last - timedelta(days=1)},
         ),
     ]
 

@@ -104,3 +104,38 @@ def test_a_slot_that_still_fails_is_reported_and_left_alone(engine, sources, mon
     assert row_versions(engine) == before
     assert rows(engine, "SELECT DISTINCT status FROM ingestion_runs") == [("ok",)]
     assert "2 still failing" in report.summary()
+
+
+def test_etl_replay_finds_the_venue_from_loaded_accounts_when_the_config_lacks_it(
+    engine, sources, monkeypatch, database_url, tmp_path
+):
+    from typer.testing import CliRunner
+
+    from etl.cli import app
+
+    monkeypatch.setattr(bittap, "normalize", _broken)
+    run(engine, sources)
+    monkeypatch.setattr(bittap, "normalize", _real)
+    run(engine, sources, NEXT)  # these accounts are now known, with their venue
+    monkeypatch.setenv("ETL_DATABASE_URL", database_url)
+    config = tmp_path / "empty.toml"
+    config.write_text("")
+    result = CliRunner().invoke(app, ["replay", "--config", str(config), "--source", "seed"])
+    assert result.exit_code == 0, result.output
+    assert "replayed 2 slot(s): 2 loaded" in result.output
+    assert rows(engine, "SELECT status FROM ingestion_runs WHERE source = 'seed'") == [("ok",), ("ok",)]
+    assert rows(engine, "SELECT status FROM ingestion_runs WHERE source = 'other' ORDER BY 1") == [
+        ("error",),
+        ("ok",),
+    ]
+
+
+def test_a_source_in_neither_the_config_nor_the_accounts_is_reported(engine):
+    from etl.config import Settings
+    from etl.records import RawResponse
+    from tests.store.builders import fail
+
+    fail(engine, "ghost", SLOT, (RawResponse("/x", 200, {"ok": True}, SLOT),))
+    report = replay(engine, Settings())
+    assert [s.error for s in report.slots] == ["ghost: venue unknown (not in the config, no account loaded)"]
+    assert report.rebuilt == ()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
@@ -64,3 +64,40 @@ def test_a_table_locked_by_a_long_query_is_one_clear_error_not_a_queue(engine, m
     assert "account_snapshots_p2026_02" in left
     report = retention.prune(engine, timedelta(days=90), now=NOW)  # and a later run finishes
     assert {d.parent for d in report.dropped} == {"account_snapshots", "position_snapshots", "raw_payloads"}
+
+
+def test_etl_prune_takes_its_horizon_from_the_retention_table(engine, database_url, monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from etl.cli import app
+
+    old = datetime.now(UTC) - timedelta(days=200)
+    load(engine, "s", old, {"s": "1"})
+    load(engine, "s", datetime.now(UTC) - timedelta(minutes=5), {"s": "2"})
+    config = tmp_path / "etl.toml"
+    config.write_text('[retention]\nolder_than = "60d"\n')
+    monkeypatch.setenv("ETL_DATABASE_URL", database_url)
+    result = CliRunner().invoke(app, ["prune", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert f"dropped balance_snapshots_p{old:%Y_%m}" in result.output
+    assert rows(engine, "SELECT count(*) FROM account_snapshots") == [(1,)]
+    assert rows(engine, "SELECT count(*) FROM account_equity_daily") == [(2,)]
+    bad = CliRunner().invoke(app, ["prune", "--older-than", "soon"])
+    assert bad.exit_code == 2 and "--older-than: expected a duration" in bad.output
+
+
+def test_etl_rollup_rebuild_recomputes_and_needs_its_flag(engine, database_url, monkeypatch):
+    from typer.testing import CliRunner
+
+    from etl.cli import app
+
+    load(engine, "s", at("2026-03-01T10:00:00"), {"s": "5"})
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE account_equity_daily SET equity = 0"))
+    monkeypatch.setenv("ETL_DATABASE_URL", database_url)
+    result = CliRunner().invoke(app, ["rollup", "--rebuild", "--since", "2026-03-01T00:00:00Z"])
+    assert result.exit_code == 0, result.output
+    assert "account_equity_daily: 1 rows" in result.output
+    assert rows(engine, "SELECT equity FROM account_equity_daily") == [(5,)]
+    missing = CliRunner().invoke(app, ["rollup"])
+    assert missing.exit_code == 2 and "needs --rebuild" in missing.output
