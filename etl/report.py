@@ -184,15 +184,22 @@ def load_equity(
         freq = auto_freq(last - first) if freq is None else freq
         origin = _origin(freq)
         values = _equity_rows(conn, origin, first, last, accounts)
-        slots = _run_slots(conn, first, last) if origin == "account_equity" else None
+        if freq:
+            rule = pd.Timedelta(freq)
+            periods = pd.date_range(
+                pd.Timestamp(first).floor(rule), pd.Timestamp(last).floor(rule), freq=rule
+            )
+        else:
+            periods = _run_slots(conn, first, last)
         failures = _failures(conn, first, last)
     if values.empty:
         raise EtlError(_nothing(since, until, account))
     equity, present = _wide(values, accounts)
     if freq:
         equity, present = _resample(equity, present, freq)
-    elif slots is not None:  # every slot any source attempted, even one where none reported
-        equity, present = equity.reindex(slots), present.reindex(slots, fill_value=False)
+    # Every period any source attempted, even one where no account reported: a gap is
+    # shown (and flagged), not skipped.
+    equity, present = equity.reindex(periods), present.reindex(periods, fill_value=False)
     return EquityInputs(equity, present, accounts, failures, freq, origin)
 
 
@@ -292,10 +299,11 @@ def _failures(conn: Any, first: datetime, last: datetime) -> pd.DataFrame:
 def _wide(values: pd.DataFrame, accounts: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     label = dict(zip(accounts.id, accounts.label, strict=True))
     values = values.assign(account=values["id"].map(label))
+    # Every account, even one silent over the whole range: it may be expected there.
+    columns = pd.Index(accounts.label, name=None)
     equity = values.pivot(index="period", columns="account", values="equity").sort_index()
     present = values.pivot(index="period", columns="account", values="rows").sort_index().notna()
-    equity.columns.name = present.columns.name = None
-    return equity, present
+    return equity.reindex(columns=columns), present.reindex(columns=columns, fill_value=False)
 
 
 def _resample(
@@ -311,8 +319,9 @@ def _resample(
 # ---------------------------------------------------------------- equity: analysis (pure)
 
 
-def completeness(inputs: EquityInputs) -> pd.DataFrame:
-    """Per period: accounts reporting, accounts expected, and whether some expected one is missing."""
+def expected(inputs: EquityInputs) -> np.ndarray:
+    """Period x account: known by the period's end, and seen at or after its start or its
+    source failed inside it (the rule of the portfolio_equity views)."""
     periods = inputs.equity.index
     width = pd.Timedelta(inputs.freq) if inputs.freq else pd.Timedelta(microseconds=1)
     accounts = inputs.accounts.set_index("label").reindex(inputs.equity.columns)
@@ -325,15 +334,20 @@ def completeness(inputs: EquityInputs) -> pd.DataFrame:
     for row, source in zip(periods.get_indexer(slots), inputs.failures.source, strict=True):
         if row >= 0:  # a failure outside the periods shown (before the first) is not ours to flag
             failed[row, (accounts.source == source).to_numpy()] = True
-    expected = known & (seen_later | failed)
+    return known & (seen_later | failed)
+
+
+def completeness(inputs: EquityInputs) -> pd.DataFrame:
+    """Per period: accounts reporting, accounts expected, and whether some expected one is missing."""
+    due = expected(inputs)
     reporting = inputs.present.to_numpy()
     return pd.DataFrame(
         {
             "accounts_reporting": reporting.sum(axis=1),
-            "accounts_expected": expected.sum(axis=1),
-            "incomplete": (expected & ~reporting).any(axis=1),
+            "accounts_expected": due.sum(axis=1),
+            "incomplete": (due & ~reporting).any(axis=1),
         },
-        index=periods,
+        index=inputs.equity.index,
     )
 
 
@@ -372,8 +386,10 @@ class EquityReport:
 
 
 def analyze(inputs: EquityInputs) -> EquityReport:
-    equity = inputs.equity
     flags = completeness(inputs)
+    # An account silent over the range stays (an empty column) if it was expected in it.
+    relevant = inputs.present.to_numpy().any(axis=0) | expected(inputs).any(axis=0)
+    equity = inputs.equity.loc[:, relevant]
     total = equity.sum(axis=1, min_count=1)
     complete = total[~flags.incomplete]
     under, _ = drawdown(complete)
@@ -524,6 +540,7 @@ def plot_equity(
     wide: pd.DataFrame, path: Path, title: str = "Equity", incomplete: pd.Series | None = None
 ) -> None:
     """Total equity with its drawdowns shaded, the drawdown curve, and each account's equity."""
+    wide = wide.dropna(axis=1, how="all")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -69,6 +69,18 @@ def test_incomplete_slots_are_left_out_of_returns_and_drawdown(engine):
     assert result.summary.loc["a"].cumulative_return == pytest.approx(0.33)
 
 
+def test_an_account_silent_over_the_whole_range_is_flagged_not_forgotten(engine):
+    _desk(engine)
+    result = report.analyze(report.load_equity(engine, since=_slot(4), until=_slot(5), freq=timedelta(0)))
+    assert list(result.periods.incomplete) == [True, True]
+    assert list(result.periods.accounts_expected) == [2, 2]
+    assert result.periods.b.isna().all()  # b's column is there, empty: it is the one missing
+    hourly = report.analyze(
+        report.load_equity(engine, since=_slot(4), until=_slot(5), freq=timedelta(hours=1))
+    )
+    assert not hourly.periods.incomplete.any()  # b's 11:00 value (slot 3) is the hour's last
+
+
 def test_hourly_and_daily_come_from_the_rollups_and_match_their_views(engine):
     _desk(engine)
     hourly = report.analyze(report.load_equity(engine, freq=timedelta(hours=1)))
