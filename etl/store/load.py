@@ -19,6 +19,7 @@ from operator import attrgetter
 from typing import Any
 
 import psycopg
+from psycopg.copy import QueuedLibpqWriter
 from sqlalchemy import Connection, Table
 
 from etl import exactjson
@@ -162,7 +163,10 @@ def _copy(
     ids: dict[str, int],
     tail: tuple[Any, ...],
 ) -> None:
-    with cur.copy(upsert.copy_sql(into, [*layout.columns, *_TAIL])) as pipe:
+    # A writer thread sends each chunk while this one encodes the next (it waits on the
+    # socket without the GIL): Python encoding and PostgreSQL parsing run side by side.
+    writer = QueuedLibpqWriter(cur)
+    with cur.copy(upsert.copy_sql(into, [*layout.columns, *_TAIL]), writer=writer) as pipe:
         for chunk in copy.lines(records, layout, ids, tail):
             pipe.write(chunk)
 
