@@ -124,10 +124,13 @@ def upsert_slot(conn: Connection, source: str, slot: datetime, shrunk: Collectio
 def rebuild_sql(rollup: Table, source: Table, width: str) -> str:
     """Recompute [since, until) of a rollup from `source` (a snapshot table or a finer rollup)."""
     keys = ", ".join(("account_id", *_keys(rollup)))
+    # a rollup feed is indexed by bucket (its hours lie inside the day being rebuilt);
+    # a snapshot table is partitioned by slot
+    time = "bucket" if "bucket" in source.columns else "snapshot_ts"
     return (
         f"{_insert_head(rollup)} SELECT DISTINCT ON ({keys}, {_bucket(width)}) "
         f"{_select_list(rollup, width, alias=source.name)} FROM {source.name} "
-        f"WHERE snapshot_ts >= :since AND snapshot_ts < :until "
+        f"WHERE {time} >= :since AND {time} < :until "
         f"ORDER BY {keys}, {_bucket(width)}, snapshot_ts DESC {_forward_only(rollup)}"
     )
 
