@@ -433,7 +433,7 @@ def replay(
     report = replay_slots(_engine(settings), settings, since=start, sources=source)
     for slot in report.failed[:10]:
         err.print(f"still failing: {slot.slot:%Y-%m-%dT%H:%M:%SZ} {slot.error}", markup=False, soft_wrap=True)
-    out.print(report.summary(), highlight=False)
+    out.print(report.summary(), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -459,9 +459,11 @@ def prune(
     for d in report.dropped:
         rows = f"~{d.rows:,} rows" if d.rows is not None else "rows not counted"
         out.print(
-            f"dropped {d.partition} [{d.lower:%Y-%m-%d}, {d.upper:%Y-%m-%d}): {rows}, {d.bytes / 2**20:,.1f} MiB"
+            f"dropped {d.partition} [{d.lower:%Y-%m-%d}, {d.upper:%Y-%m-%d}): {rows}, {d.bytes / 2**20:,.1f} MiB",
+            highlight=False,
+            soft_wrap=True,
         )
-    out.print(report.summary(), highlight=False)
+    out.print(report.summary(), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -489,6 +491,7 @@ def rollup(
             f"{table}: {sum(d.rows for d in mine):,} rows over "
             f"[{min(d.since for d in mine):%Y-%m-%d %H:%M}, {max(d.until for d in mine):%Y-%m-%d %H:%M})",
             highlight=False,
+            soft_wrap=True,
         )
     if not done:
         out.print("nothing to rebuild: no snapshot rows in that range")
