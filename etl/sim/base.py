@@ -5,15 +5,23 @@ raises nothing on bad input: it answers the way the venue documents. Control rou
 under `/_sim/` let a test in another process queue faults and read request counts:
 
     POST /_sim/faults   [{"status": 502, "body": "<html>…", "times": 3}, …]
-    GET  /_sim/stats    {"requests": {"/ftapi/v1/account/info": 12}, "rejected": 0}
+    GET  /_sim/stats    {"requests": {"/ftapi/v1/account/info": 12}, "rejected": 0, "rate_limited": 0}
     POST /_sim/reset
+
+`limit_rate(count, seconds)` enforces a venue's documented limit per API key (off by
+default): a sliding window over the requests it accepted; one more answers HTTP 429 with
+`Retry-After` (whole seconds, rounded up), counted in `rate_limited`. The key is the
+credential the request carries (`credential`), so several keys on one simulator are
+limited separately, as the venues do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
+import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,9 +48,9 @@ class Fault:
     content_type: str = "text/html"
 
 
-def json_response(body: Any, status: int = 200) -> Response:
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """JSON with exact Decimals (JSONResponse would go through float)."""
-    return Response(exactjson.dumps(body), status_code=status, media_type="application/json")
+    return Response(exactjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
 
 
 class Simulator:
@@ -54,9 +62,37 @@ class Simulator:
         self.faults: deque[Fault] = deque()
         self.requests: Counter[str] = Counter()
         self.rejected = 0  # requests refused for a bad key or signature
+        self.rate_limit: tuple[int, float] | None = None  # (requests, seconds) per key
+        self.rate_limited = 0  # requests answered 429 by the rate limit
+        self._admitted: dict[str, deque[float]] = {}
 
     def fail_next(self, *faults: Fault) -> None:
         self.faults.extend(faults)
+
+    def limit_rate(self, count: int, seconds: float) -> None:
+        """Enforce `count` requests per `seconds` per API key, as the venue documents."""
+        self.rate_limit = (count, seconds)
+
+    def credential(self, request: Request) -> str:
+        """The API key a request carries (header or query, as each venue sends it)."""
+        for header in ("X-BT-APIKEY", "X-MBX-APIKEY", "Authorization"):
+            if header in request.headers:
+                return request.headers[header]
+        return request.query_params.get("AccessKeyId", "")
+
+    def _over_limit(self, request: Request) -> float | None:
+        """Seconds until the key may send again if this request is over its limit, else None."""
+        if self.rate_limit is None:
+            return None
+        count, seconds = self.rate_limit
+        now = time.monotonic()
+        window = self._admitted.setdefault(self.credential(request), deque())
+        while window and window[0] <= now - seconds:
+            window.popleft()
+        if len(window) >= count:
+            return window[0] + seconds - now
+        window.append(now)
+        return None
 
     def venue_routes(self) -> list[Route]:
         raise NotImplementedError
@@ -73,6 +109,14 @@ class Simulator:
     def _guard(self, handler: Any) -> Handler:
         async def guarded(request: Request) -> Response:
             self.requests[request.url.path] += 1
+            wait = self._over_limit(request)  # counted on arrival, as a venue's gateway does
+            if wait is not None:
+                self.rate_limited += 1
+                return json_response(
+                    {"code": 429, "message": "Too Many Requests"},
+                    429,
+                    headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                )
             if self.latency:
                 await asyncio.sleep(self.latency)
             if self.faults:
@@ -98,12 +142,16 @@ class Simulator:
         return JSONResponse({"queued": len(self.faults)})
 
     async def _stats(self, request: Request) -> Response:
-        return JSONResponse({"requests": dict(self.requests), "rejected": self.rejected})
+        return JSONResponse(
+            {"requests": dict(self.requests), "rejected": self.rejected, "rate_limited": self.rate_limited}
+        )
 
     async def _reset(self, request: Request) -> Response:
         self.faults.clear()
         self.requests.clear()
         self.rejected = 0
+        self.rate_limited = 0
+        self._admitted.clear()
         return JSONResponse({"ok": True})
 
     def drift(self, value: Any, scale: str = "0.001") -> Any:

@@ -163,9 +163,10 @@ def _copy(
     ids: dict[str, int],
     tail: tuple[Any, ...],
 ) -> None:
-    # A writer thread sends each chunk while this one encodes the next (it waits on the
-    # socket without the GIL): Python encoding and PostgreSQL parsing run side by side.
-    writer = QueuedLibpqWriter(cur)
+    # Several chunks: a writer thread sends each while this one encodes the next (it waits
+    # on the socket without the GIL), so Python encoding and PostgreSQL parsing overlap.
+    # One chunk: nothing to overlap, and a thread per COPY costs more than it saves.
+    writer = QueuedLibpqWriter(cur) if len(records) > copy.CHUNK else None
     with cur.copy(upsert.copy_sql(into, [*layout.columns, *_TAIL]), writer=writer) as pipe:
         for chunk in copy.lines(records, layout, ids, tail):
             pipe.write(chunk)
