@@ -46,12 +46,13 @@ import psycopg
 from aiolimiter import AsyncLimiter
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from etl.config import Settings, SourceConfig, data_dir
-from etl.errors import ConfigError, StoreError
+from etl.errors import ConfigError, EtlError, StoreError
 from etl.metrics import Metrics
 from etl.pipeline import Polled, RunResult, client_for, poll, store
 from etl.slots import floor_to_slot
@@ -59,6 +60,7 @@ from etl.spool import Entry, Spool, SpooledMissed, SpooledPoll, SpoolError, repl
 from etl.store import migrate
 from etl.store.engine import ping
 from etl.store.load import claim_slot, record_missed
+from etl.store.retention import prune_once
 from etl.venues import venue
 
 log = logging.getLogger(__name__)
@@ -246,9 +248,32 @@ class Daemon:
                 misfire_grace_time=timing.grace,
                 **options,
             )
+        if self.settings.retention is not None:
+            # Daily, off the hour so it does not meet the slots' busiest second.
+            scheduler.add_job(
+                self.retain,
+                CronTrigger(hour=0, minute=17, timezone=UTC),
+                id="retention",
+                name="retention",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=3600,
+            )
         scheduler.add_listener(self._on_skipped, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         scheduler.start()
         return scheduler
+
+    async def retain(self) -> None:
+        """`[retention]`: prune once a day; of several replicas, the one holding the lock does."""
+        assert self.settings.retention is not None
+        older_than = self.settings.retention.older_than
+        try:
+            summary = await self._db(partial(prune_once, self.engine, older_than), timeout=600.0)
+        except (*DB_ERRORS, EtlError) as err:
+            log.error("retention failed: %s", _first_line(err), extra={"event": "retention_error"})
+            return
+        if summary is not None:
+            log.info("retention: %s", summary, extra={"event": "retention"})
 
     # -- slots ---------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from etl.config import parse_settings
 from etl.errors import ConfigError
 from etl.scheduler import Daemon, Timing, missed_between
 from etl.sim.base import Fault
@@ -249,3 +250,23 @@ def test_missed_slots_spooled_while_the_database_was_down_are_recorded_on_drain(
     ]
     assert count(engine, "balance_snapshots") == 0
     assert Spool(tmp_path).pending() == []
+
+
+def test_the_retention_table_schedules_a_daily_prune(tmp_path, session_engine):
+    entry = source_entry("a", "bittap", "http://x.test", "k", "s")
+    plain = Daemon(settings_for(entry), session_engine, Spool(tmp_path))
+    kept = Daemon(
+        parse_settings({"sources": [entry], "retention": {"older_than": "30d"}}),
+        session_engine,
+        Spool(tmp_path),
+    )
+
+    async def jobs(daemon: Daemon) -> dict[str, str]:
+        scheduler = daemon._schedule()
+        try:
+            return {job.id: str(job.trigger) for job in scheduler.get_jobs()}
+        finally:
+            scheduler.shutdown(wait=False)
+
+    assert "retention" not in asyncio.run(jobs(plain))
+    assert asyncio.run(jobs(kept))["retention"] == "cron[hour='0', minute='17']"

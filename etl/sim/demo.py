@@ -31,7 +31,7 @@ def _credentials(name: str) -> dict[str, str]:
 
 def bittap() -> tuple[Simulator, list[SourceEntry]]:
     sim = BittapSimulator(seed=7)
-    sources = []
+    sources: list[SourceEntry] = []
     for i, (name, wallet) in enumerate([("demo-bittap-a", "25000.5"), ("demo-bittap-b", "8200.125")]):
         creds = _credentials(name)
         sim.add_account(
@@ -47,7 +47,7 @@ def bittap() -> tuple[Simulator, list[SourceEntry]]:
 def ltp() -> tuple[Simulator, list[SourceEntry]]:
     """Two LTP keys on one simulator, each reaching several trade accounts."""
     sim = LtpSimulator(seed=11)
-    sources = []
+    sources: list[SourceEntry] = []
     for demo in demo_sources():
         creds = _credentials(demo.name)
         user = sim.add_user(os.environ[creds["api_key"][4:]], os.environ[creds["api_secret"][4:]])
@@ -59,7 +59,7 @@ def ltp() -> tuple[Simulator, list[SourceEntry]]:
 def htx() -> tuple[Simulator, list[SourceEntry]]:
     """Two HTX multi-asset accounts: USDT only, and USDT with BTC collateral."""
     sim = HtxSimulator(seed=3)
-    sources = []
+    sources: list[SourceEntry] = []
     for name, wallet, btc, positions in [
         ("demo-htx-a", "41000.25", None, 2),
         ("demo-htx-b", "12500.5", "0.75", 3),
@@ -92,7 +92,7 @@ def treadfi() -> tuple[Simulator, list[SourceEntry]]:
             ("FundArchive", "Binance", "150.0", 0, 0),  # left out by the source's filter
         ],
     }
-    sources = []
+    sources: list[SourceEntry] = []
     for name, accounts in desks.items():
         key = _credentials(name)["api_key"]  # unsigned venue: the token is the only secret
         for account, exchange, wallet, positions, spot in accounts:

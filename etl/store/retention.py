@@ -87,3 +87,18 @@ def prune(engine: Engine, older_than: timedelta, now: datetime | None = None) ->
             ]
         partitions.forget(conn)
     return PruneReport(horizon=horizon, dropped=tuple(dropped), seconds=time.perf_counter() - started)
+
+
+RETENTION_LOCK = 4242002  # advisory lock key: one replica prunes at a time
+
+
+def prune_once(engine: Engine, older_than: timedelta) -> str | None:
+    """`prune` unless another process is pruning now (replicas): its summary, or None if skipped."""
+    with engine.connect() as conn:
+        if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": RETENTION_LOCK}).scalar():
+            return None
+        try:
+            return prune(engine, older_than).summary()
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": RETENTION_LOCK})
+            conn.commit()

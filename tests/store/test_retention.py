@@ -101,3 +101,14 @@ def test_etl_rollup_rebuild_recomputes_and_needs_its_flag(engine, database_url, 
     assert rows(engine, "SELECT equity FROM account_equity_daily") == [(5,)]
     missing = CliRunner().invoke(app, ["rollup"])
     assert missing.exit_code == 2 and "needs --rebuild" in missing.output
+
+
+def test_prune_once_skips_while_another_replica_prunes(engine):
+    load(engine, "s", at("2025-02-10T00:00:00"), {"s": "1"})
+    with engine.connect() as other:  # another replica, mid-prune
+        other.execute(text("SELECT pg_advisory_lock(:k)"), {"k": retention.RETENTION_LOCK})
+        assert retention.prune_once(engine, timedelta(days=90)) is None
+        assert rows(engine, "SELECT count(*) FROM balance_snapshots")[0][0] == 1
+        other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": retention.RETENTION_LOCK})
+    assert retention.prune_once(engine, timedelta(days=90)).startswith("dropped ")
+    assert rows(engine, "SELECT count(*) FROM balance_snapshots")[0][0] == 0
