@@ -49,6 +49,23 @@ def database_url() -> Iterator[str]:
     admin.dispose()
 
 
+@pytest.fixture
+def scratch(database_url: str) -> Iterator[Engine]:
+    """An empty database of its own, for migration tests: downgrading the session's
+    database would break every other test."""
+    url = make_url(database_url)
+    name = f"etl_scratch_{uuid.uuid4().hex[:8]}"
+    admin = make_engine(url.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine = make_engine(url.set(database=name).render_as_string(hide_password=False))
+    yield engine
+    engine.dispose()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def session_engine(database_url: str) -> Iterator[Engine]:
     engine = make_engine(database_url)
@@ -67,5 +84,5 @@ def engine(session_engine: Engine) -> Engine:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if {"engine", "session_engine", "database_url"} & set(getattr(item, "fixturenames", ())):
+        if {"engine", "session_engine", "database_url", "scratch"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.db)

@@ -2,32 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
-import pytest
-from sqlalchemy import Engine, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import inspect
 
 from etl.store import migrate
-from etl.store.engine import make_engine
 from etl.store.schema import metadata
-
-
-@pytest.fixture
-def scratch(database_url: str) -> Iterator[Engine]:
-    """An empty database of its own: downgrading the session's database would break other tests."""
-    url = make_url(database_url)
-    name = f"etl_scratch_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(url.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine = make_engine(url.set(database=name).render_as_string(hide_password=False))
-    yield engine
-    engine.dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def test_upgrade_downgrade_upgrade_round_trip(scratch):

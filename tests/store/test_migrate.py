@@ -2,32 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
-import pytest
-from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
-
 from etl.store import migrate
-from etl.store.engine import make_engine
 from tests.helpers import rows
 from tests.store.builders import at, load
-
-
-@pytest.fixture
-def scratch(database_url: str) -> Iterator[Engine]:
-    url = make_url(database_url)
-    name = f"etl_scratch_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(url.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine = make_engine(url.set(database=name).render_as_string(hide_password=False))
-    yield engine
-    engine.dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def test_no_drift_with_monthly_partitions_present(engine):
