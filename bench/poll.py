@@ -1,0 +1,479 @@
+"""Polling benchmark: whole daemon cycles over many accounts against the simulators.
+
+    python bench/poll.py [--accounts 1000] [--cycles 20] [--interval 7s] [--latency 0.05]
+                         [--database-url URL] [--json]
+
+The four venue simulators run in a separate process, on loopback, with `--latency` added
+to every request and each venue's documented rate limit (its module's `RATE_LIMIT`)
+enforced per API key: one request too many gets HTTP 429. The accounts are spread as a
+desk would have them: a tenth each on HTX and Bittap (one account per API key), the rest
+half on LTP and half on Tread.fi (up to 100 accounts behind each key).
+
+Each cycle is what the daemon does at a slot (`Daemon.run_slot` for every source at
+once: claim, poll through the per-key rate limiter, normalize, load in a worker thread),
+timed from the slot's start to the last commit. The floor is what latency and rate
+limits alone allow: the longest chain of sequential requests of any source times the
+latency (the cadence is chosen so that no key's rate limit binds; a 429 would say
+otherwise). Reported too: CPU time of normalize + load per account (thread CPU time of
+those calls in this process; PostgreSQL's own CPU is not ours), peak RSS, RSS after the
+20th cycle and after the last (a leak shows as growth), the 429s the simulators counted,
+and one cycle of the naive script: the same sources polled and loaded one after the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from sqlalchemy import text
+
+if not __package__:  # run as `python bench/poll.py`: make the `bench` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import (
+    RssSampler,
+    describe_server,
+    fresh_database,
+    load_average,
+    median,
+    print_json_line,
+    print_table,
+    rss_mb,
+)
+from etl import pipeline, scheduler
+from etl.config import Settings, parse_settings
+from etl.records import Batch
+from etl.sim.base import Simulator
+from etl.sim.bittap import BittapSimulator
+from etl.sim.htx import HtxSimulator
+from etl.sim.ltp import LtpSimulator, asset
+from etl.sim.serve import SimServer
+from etl.sim.treadfi import TreadfiSimulator
+from etl.slots import floor_to_slot
+from etl.spool import Spool
+from etl.store.engine import make_engine
+from etl.venues import venue
+from etl.venues.http import VenueClient
+
+VENUES = ("htx", "bittap", "ltp", "treadfi")
+PER_KEY = 100  # LTP and Tread.fi accounts behind one key
+LTP_EXCHANGES = ("BINANCE", "BYBIT", "OKEX")
+TREADFI_EXCHANGES = ("Binance", "Bybit", "OKX")
+LEAK_BASE_CYCLE = 20
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    venue: str
+    key: str
+    secret: str | None
+    accounts: int
+
+
+def mix(accounts: int) -> list[Source]:
+    """A tenth of the accounts each on HTX and Bittap, the rest split between LTP and Tread.fi."""
+    single = max(1, accounts // 10)
+    rest = max(2, accounts - 2 * single)
+    counts = {"htx": single, "bittap": single, "ltp": rest // 2, "treadfi": rest - rest // 2}
+    sources = []
+    for name in ("htx", "bittap"):
+        sources += [
+            Source(f"{name}-{i:04d}", name, f"{name}-key-{i}", f"{name}-secret-{i}", 1)
+            for i in range(counts[name])
+        ]
+    for name in ("ltp", "treadfi"):
+        left, i = counts[name], 0
+        while left > 0:
+            n = min(PER_KEY, left)
+            secret = f"{name}-secret-{i}" if venue_signed(name) else None
+            sources.append(Source(f"{name}-{i:04d}", name, f"{name}-key-{i}", secret, n))
+            left, i = left - n, i + 1
+    return sources
+
+
+def venue_signed(name: str) -> bool:
+    return name != "treadfi"
+
+
+# --- the simulators, in their own process
+
+
+def build_simulators(sources: list[Source], latency: float) -> dict[str, Simulator]:
+    sims: dict[str, Simulator] = {
+        "htx": HtxSimulator(seed=1, latency=latency),
+        "bittap": BittapSimulator(seed=2, latency=latency),
+        "ltp": LtpSimulator(seed=3, latency=latency),
+        "treadfi": TreadfiSimulator(seed=4, latency=latency),
+    }
+    for name, sim in sims.items():
+        sim.limit_rate(*venue(name).RATE_LIMIT)
+    for n, s in enumerate(sources):
+        if s.venue == "htx":
+            sims["htx"].add_account(s.key, s.secret, wallet=f"{40_000 + n}.25", btc="0.5" if n % 2 else None)  # type: ignore[attr-defined]
+        elif s.venue == "bittap":
+            sims["bittap"].add_account(s.key, s.secret, wallet=f"{25_000 + n}.125", positions=2)  # type: ignore[attr-defined]
+        elif s.venue == "ltp":
+            ltp: Any = sims["ltp"]
+            ltp.add_user(s.key, s.secret)
+            for a in range(s.accounts):
+                account_id, exchange = 100_000 * (n + 1) + a, LTP_EXCHANGES[a % 3]
+                ltp.add_wallet(s.key, account_id, "Spot", venue=exchange, note=f"desk {a}",
+                               assets=[asset("USDT", f"{10_000 + a}.123456789"), asset("BTC", "0.75", "64250.5")])  # fmt: skip
+                ltp.add_wallet(
+                    s.key, account_id, "Funding", venue=exchange, assets=[asset("USDC", f"{500 + a}.5")]
+                )
+        else:
+            tread: Any = sims["treadfi"]
+            for a in range(s.accounts):
+                tread.add_account(s.key, f"acct{n}x{a}", TREADFI_EXCHANGES[a % 3], wallet=f"{9_000 + a}.5", positions=2, spot=1)  # fmt: skip
+    return sims
+
+
+def serve_simulators(sources: list[Source], latency: float, conn: Any) -> None:
+    """Child process: serve the simulators until told to stop; answers stats on request."""
+    sims = build_simulators(sources, latency)
+    servers = {name: SimServer(sim.app()).start() for name, sim in sims.items()}
+    conn.send({name: server.url for name, server in servers.items()})
+    while (message := conn.recv()) != "stop":
+        assert message == "stats"
+        conn.send(
+            {
+                name: {"requests": sum(sim.requests.values()), "rate_limited": sim.rate_limited}
+                for name, sim in sims.items()
+            }
+        )
+    for server in servers.values():
+        server.stop()
+
+
+@contextmanager
+def simulators(
+    sources: list[Source], latency: float
+) -> Iterator[tuple[dict[str, str], Callable[[], dict[str, Any]], int]]:
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=serve_simulators, args=(sources, latency, child), daemon=True)
+    process.start()
+    try:
+        urls = parent.recv()
+
+        def stats() -> dict[str, Any]:
+            parent.send("stats")
+            return dict(parent.recv())
+
+        yield urls, stats, int(process.pid or 0)
+    finally:
+        parent.send("stop")
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
+
+
+# --- the poller side: settings, CPU accounting, cycles
+
+
+def settings_for(sources: list[Source], urls: dict[str, str], interval: timedelta) -> Settings:
+    entries = []
+    for s in sources:
+        var = s.name.upper().replace("-", "_")
+        os.environ[f"BENCH_{var}_KEY"] = s.key
+        entry: dict[str, Any] = {
+            "name": s.name,
+            "venue": s.venue,
+            "base_url": urls[s.venue],
+            "api_key": f"env:BENCH_{var}_KEY",
+        }
+        if s.secret is not None:
+            os.environ[f"BENCH_{var}_SECRET"] = s.secret
+            entry["api_secret"] = f"env:BENCH_{var}_SECRET"
+        entries.append(entry)
+    seconds = f"{interval.total_seconds():g}s"
+    return parse_settings({"sources": entries, "schedule": {"interval": seconds, "timeout": "5s"}})
+
+
+@dataclass
+class CpuClock:
+    """Thread CPU time spent in the venues' normalize and in the load, and accounts normalized."""
+
+    seconds: float = 0.0
+    accounts: int = 0
+    requests: dict[str, int] = field(default_factory=dict)  # source -> requests its last poll sent
+    _undo: list[Callable[[], None]] = field(default_factory=list)
+
+    def install(self) -> None:
+        for name in VENUES:
+            module: Any = venue(name)
+            self._wrap(module, "normalize", counted=True)
+        self._wrap(scheduler, "store")
+        self._wrap(pipeline, "store")
+        original_poll, original_send = scheduler.poll, VenueClient._send_once
+        sent: dict[int, int] = {}
+
+        async def send_once(client: VenueClient, *args: Any) -> Any:
+            sent[id(client)] = sent.get(id(client), 0) + 1
+            return await original_send(client, *args)
+
+        async def poll(source: Any, slot: datetime, http: VenueClient) -> Any:
+            polled = await original_poll(source, slot, http)
+            self.requests[source.name] = sent.pop(id(http), 0)
+            return polled
+
+        VenueClient._send_once = send_once  # type: ignore[method-assign]
+        self._undo.append(lambda: setattr(VenueClient, "_send_once", original_send))
+
+        scheduler.poll = poll  # type: ignore[assignment]
+        self._undo.append(lambda: setattr(scheduler, "poll", original_poll))
+
+    def _wrap(self, owner: Any, attr: str, counted: bool = False) -> None:
+        original = getattr(owner, attr)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.thread_time()
+            try:
+                result = original(*args, **kwargs)
+            finally:
+                self.seconds += time.thread_time() - t0
+            if counted and isinstance(result, Batch):
+                self.accounts += len(result.accounts)
+            return result
+
+        setattr(owner, attr, timed)
+        self._undo.append(lambda: setattr(owner, attr, original))
+
+    def uninstall(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+
+@dataclass
+class Cycle:
+    seconds: float
+    floor: float
+    cpu_ms_per_account: float
+    accounts: int
+    rss_mb: float
+    outcomes: dict[str, int]
+
+
+async def daemon_cycles(
+    settings: Settings, url: str, cycles: int, latency: float, clock: CpuClock
+) -> list[Cycle]:
+    engine = make_engine(url, pool_size=scheduler.DB_WORKERS + 2)
+    interval = settings.schedule.interval
+    with tempfile.TemporaryDirectory() as spool_dir:
+        daemon = scheduler.Daemon(settings, engine, Spool(Path(spool_dir)), worker="bench")
+        out = []
+        async with daemon.running():
+            for _ in range(cycles):
+                slot = await _next_slot(interval)
+                deadline = time.monotonic() + interval.total_seconds() * scheduler.POLL_SHARE
+                cpu0, accounts0 = clock.seconds, clock.accounts
+                t0 = time.perf_counter()
+                outcomes = await asyncio.gather(
+                    *(daemon.run_slot(s, slot, deadline) for s in settings.sources)
+                )
+                seconds = time.perf_counter() - t0
+                accounts = clock.accounts - accounts0
+                out.append(
+                    Cycle(
+                        seconds=seconds,
+                        floor=max(clock.requests.values()) * latency,
+                        cpu_ms_per_account=1000 * (clock.seconds - cpu0) / max(1, accounts),
+                        accounts=accounts,
+                        rss_mb=rss_mb(),
+                        outcomes={o: outcomes.count(o) for o in set(outcomes)},
+                    )
+                )
+    engine.dispose()
+    return out
+
+
+async def _next_slot(interval: timedelta) -> datetime:
+    """Sleep to the next slot's start, as the scheduler would fire; return that slot."""
+    now = datetime.now(UTC)
+    slot = floor_to_slot(now, interval) + interval
+    await asyncio.sleep((slot - now).total_seconds())
+    return slot
+
+
+async def naive_cycle(settings: Settings, url: str) -> tuple[float, int]:
+    """The plain script: each source polled, normalized and loaded in turn, no concurrency."""
+    engine = make_engine(url)
+    slot = await _next_slot(settings.schedule.interval)
+    t0 = time.perf_counter()
+    ok = 0
+    async with httpx.AsyncClient() as client:
+        for source in settings.sources:
+            polled = await pipeline.poll(source, slot, pipeline.client_for(source, client, settings))
+            ok += pipeline.store(engine, polled).status == "ok"
+    seconds = time.perf_counter() - t0
+    engine.dispose()
+    return seconds, ok
+
+
+class CpuShares:
+    """CPU seconds used during the cycles by this process, the simulators' process and the
+    PostgreSQL backends serving the bench database: what the 2 cores were spent on."""
+
+    def __init__(self, url: str, sim_pid: int):
+        self.url, self.sim_pid = url, sim_pid
+        self.seconds: dict[str, float] = {}
+
+    def _sample(self) -> dict[str, float]:
+        def cpu(pids: list[int]) -> float:
+            total = 0.0
+            for pid in pids:
+                with contextlib.suppress(psutil.Error):
+                    times = psutil.Process(pid).cpu_times()
+                    total += times.user + times.system
+            return total
+
+        engine = make_engine(self.url)
+        with engine.connect() as conn:
+            sql = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            backends = [int(pid) for pid in conn.execute(text(sql)).scalars()]
+        engine.dispose()
+        return {"poller": cpu([os.getpid()]), "simulators": cpu([self.sim_pid]), "postgresql": cpu(backends)}
+
+    def __enter__(self) -> CpuShares:
+        self._start = self._sample()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Backends are sampled at the end (the daemon's pool opens them during the cycles).
+        end = self._sample()
+        self.seconds = {k: end[k] - (self._start[k] if k != "postgresql" else 0.0) for k in end}
+
+
+# --- report
+
+
+def cadence(sources: list[Source]) -> timedelta:
+    """The interval a careful config would use: long enough that no key's documented limit
+    binds (LTP's 10 requests a minute: one poll per 6 s), plus 2 s so that arrival jitter
+    cannot put two polls of a key inside one window."""
+    need = 1.0
+    for name in {s.venue for s in sources}:
+        count, seconds = venue(name).RATE_LIMIT
+        requests = 2 if name == "htx" else 1  # HTX: balance, then positions
+        need = max(need, seconds * requests / count)
+    return timedelta(seconds=math.ceil(need) + 2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--accounts", type=int, default=1_000)
+    parser.add_argument("--cycles", type=int, default=20)
+    parser.add_argument("--latency", type=float, default=0.05, help="seconds added to every request")
+    parser.add_argument("--interval", type=float, help="seconds between slots (default: the venues' limits)")
+    parser.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--database-url", help="a server to create the bench database on (default: embedded)")
+    parser.add_argument(
+        "--json", action="store_true", help="stdout: only the JSON line (the table goes to stderr)"
+    )
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    sources = mix(args.accounts)
+    interval = timedelta(seconds=args.interval) if args.interval else cadence(sources)
+    clock = CpuClock()
+    clock.install()
+    with (
+        fresh_database(args.database_url) as url,
+        simulators(sources, args.latency) as (urls, stats, sim_pid),
+    ):
+        settings = settings_for(sources, urls, interval)
+        header = (
+            f"bench/poll.py: {sum(s.accounts for s in sources):,} accounts in {len(sources)} sources "
+            f"({', '.join(f'{v} {sum(s.accounts for s in sources if s.venue == v)}' for v in VENUES)}), "
+            f"{args.latency * 1000:g} ms latency, slots every {interval.total_seconds():g} s, "
+            f"{describe_server(url)}, {load_average()}"
+        )
+        with RssSampler() as rss, CpuShares(url, sim_pid) as shares:
+            cycles = asyncio.run(daemon_cycles(settings, url, args.cycles, args.latency, clock))
+        naive = asyncio.run(naive_cycle(settings, url)) if args.naive else None
+        sims = stats()
+    clock.uninstall()
+    figures = summarize(cycles, rss.peak, sims, naive)
+    figures["cpu_s_per_cycle"] = {k: round(v / len(cycles), 2) for k, v in shares.seconds.items()}
+    out = sys.stderr if args.json else sys.stdout
+    report(header, cycles, figures, out)
+    print_json_line(figures)
+    return 0
+
+
+def summarize(
+    cycles: list[Cycle], peak: float, sims: dict[str, Any], naive: tuple[float, int] | None
+) -> dict[str, Any]:
+    steady = cycles[1:] or cycles  # the first cycle also fetches HTX contract sizes and warms up
+    cycle_s = median([c.seconds for c in steady])
+    floor_s = median([c.floor for c in steady])
+    base = cycles[min(LEAK_BASE_CYCLE, len(cycles)) - 1]
+    return {
+        "cycles": len(cycles),
+        "accounts": cycles[-1].accounts,
+        "cycle_s": round(cycle_s, 3),
+        "floor_s": round(floor_s, 3),
+        "cycle_vs_floor": round(cycle_s / floor_s, 2),
+        "cpu_ms_per_account": round(median([c.cpu_ms_per_account for c in steady]), 3),
+        "peak_rss_mb": round(peak, 1),
+        "rss_growth": round(cycles[-1].rss_mb / base.rss_mb - 1, 3),
+        "rss_base_cycle": min(LEAK_BASE_CYCLE, len(cycles)),
+        "rate_limited": sum(v["rate_limited"] for v in sims.values()),
+        "requests": sum(v["requests"] for v in sims.values()),
+        "not_ok": sum(n for c in cycles for o, n in c.outcomes.items() if o != "ok"),
+        "naive_cycle_s": round(naive[0], 2) if naive else None,
+        "speedup_vs_naive": round(naive[0] / cycle_s, 1) if naive else None,
+    }
+
+
+def report(header: str, cycles: list[Cycle], figures: dict[str, Any], out: Any) -> None:
+    print(header, file=out)
+    steady = cycles[1:] or cycles
+    rows = [
+        ["cycle, slot start to last commit (median)", f"{figures['cycle_s'] * 1000:,.0f} ms"],
+        ["cycle, slowest", f"{max(c.seconds for c in steady) * 1000:,.0f} ms"],
+        ["floor (latency x longest request chain)", f"{figures['floor_s'] * 1000:,.0f} ms"],
+        ["cycle / floor", f"{figures['cycle_vs_floor']:.2f}x"],
+        ["CPU normalize + load per account", f"{figures['cpu_ms_per_account']:.3f} ms"],
+        ["peak RSS", f"{figures['peak_rss_mb']:.0f} MB"],
+        [
+            f"RSS after cycle {figures['rss_base_cycle']} -> after cycle {len(cycles)}",
+            f"{cycles[figures['rss_base_cycle'] - 1].rss_mb:.0f} -> {cycles[-1].rss_mb:.0f} MB "
+            f"({figures['rss_growth']:+.1%})",
+        ],
+        ["429s provoked / requests", f"{figures['rate_limited']} / {figures['requests']:,}"],
+        ["slots not ok", str(figures["not_ok"])],
+        [
+            "CPU s per cycle: poller / simulators / PostgreSQL",
+            " / ".join(f"{v:.2f}" for v in figures["cpu_s_per_cycle"].values()),
+        ],
+    ]
+    if figures["naive_cycle_s"] is not None:
+        rows.append(["naive sequential loop, one cycle", f"{figures['naive_cycle_s'] * 1000:,.0f} ms"])
+        rows.append(["speed-up over the naive loop", f"{figures['speedup_vs_naive']:.1f}x"])
+    stdout, sys.stdout = sys.stdout, out
+    try:
+        print_table(["figure", "value"], rows)
+    finally:
+        sys.stdout = stdout
+
+
+if __name__ == "__main__":
+    sys.exit(main())
