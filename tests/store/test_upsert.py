@@ -1,0 +1,155 @@
+"""The load's SQL (snapshots of the pure builders) and its two paths against a real PostgreSQL."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from etl.errors import NormalizeError
+from etl.records import AccountRef, BalanceRow, Batch, PositionRow
+from etl.store import upsert
+from etl.store.load import LoadResult, load_slot
+from etl.store.schema import account_snapshots, balance_snapshots, position_snapshots
+from tests.helpers import rows
+
+SLOT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_copy_sql_names_the_columns_and_the_null_marker():
+    assert upsert.copy_sql("stage_balance_snapshots", ["account_id", "total"]) == (
+        "COPY stage_balance_snapshots (account_id, total) FROM STDIN (NULL 'None')"
+    )
+
+
+def test_held_sql_asks_each_table_for_a_row_of_the_source_at_the_slot():
+    assert upsert.held_sql([balance_snapshots, position_snapshots]) == (
+        "SELECT EXISTS (SELECT 1 FROM balance_snapshots WHERE snapshot_ts = %(slot)s AND "
+        "account_id IN (SELECT id FROM accounts WHERE source = %(source)s)), "
+        "EXISTS (SELECT 1 FROM position_snapshots WHERE snapshot_ts = %(slot)s AND "
+        "account_id IN (SELECT id FROM accounts WHERE source = %(source)s))"
+    )
+
+
+def test_upsert_sql_compares_values_but_not_run_id_or_fetched_at():
+    sql = upsert.upsert_sql(
+        account_snapshots, ["account_id", "account_type", "snapshot_ts", "equity", "run_id"]
+    )
+    assert sql == (
+        "INSERT INTO account_snapshots AS t (account_id, account_type, snapshot_ts, equity, run_id) "
+        "SELECT account_id, account_type, snapshot_ts, equity, run_id FROM stage_account_snapshots "
+        "ON CONFLICT (account_id, account_type, snapshot_ts) DO UPDATE SET equity = EXCLUDED.equity, "
+        "run_id = EXCLUDED.run_id WHERE (t.equity) IS DISTINCT FROM (EXCLUDED.equity)"
+    )
+
+
+def test_vanished_rows_are_a_set_difference_deleted_by_key():
+    assert upsert.vanished_sql(position_snapshots) == (
+        "SELECT account_id, account_type, symbol, side FROM position_snapshots WHERE snapshot_ts = %(slot)s "
+        "AND account_id IN (SELECT id FROM accounts WHERE source = %(source)s) "
+        "EXCEPT SELECT account_id, account_type, symbol, side FROM stage_position_snapshots"
+    )
+    assert upsert.delete_key_sql(position_snapshots) == (
+        "DELETE FROM position_snapshots WHERE snapshot_ts = %s AND account_id = %s "
+        "AND account_type = %s AND symbol = %s AND side = %s"
+    )
+
+
+def test_the_stage_is_a_temporary_table_emptied_at_commit():
+    assert upsert.create_stage_sql(balance_snapshots) == (
+        "CREATE TEMP TABLE IF NOT EXISTS stage_balance_snapshots "
+        "(LIKE balance_snapshots INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+
+
+# --- the loader's two paths, end to end
+
+
+def balances(n: int, scale: str = "1") -> tuple[BalanceRow, ...]:
+    return tuple(
+        BalanceRow("acct", "Spot", f"C{i:03d}", total=Decimal(f"{i}.25") * Decimal(scale), extra={"i": i})
+        for i in range(n)
+    )
+
+
+def positions(*symbols: str) -> tuple[PositionRow, ...]:
+    return tuple(PositionRow("acct", "perp", s, "long", quantity=Decimal("1.5")) for s in symbols)
+
+
+def load(engine, batch_balances, batch_positions=(), slot: datetime = SLOT) -> LoadResult:
+    batch = Batch(accounts=(AccountRef("acct"),), balances=batch_balances, positions=batch_positions)
+    with engine.begin() as conn:
+        return load_slot(
+            conn,
+            source="src",
+            venue="ltp",
+            slot=slot,
+            batch=batch,
+            responses=(),
+            started_at=slot,
+            attempts=1,
+        )
+
+
+def versions(engine, table: str) -> dict[str, str]:
+    return {r[0]: r[1] for r in rows(engine, f"SELECT currency, xmin::text FROM {table}")}
+
+
+@pytest.mark.db
+def test_a_fresh_slot_is_copied_and_a_rerun_rewrites_no_row(engine):
+    first = load(engine, balances(120), positions("BTC", "ETH"))
+    assert first.written == {"balance_snapshots": 120, "account_snapshots": 0, "position_snapshots": 2}
+    before = versions(engine, "balance_snapshots")
+    again = load(engine, balances(120), positions("BTC", "ETH"))
+    assert again.written == {"balance_snapshots": 0, "account_snapshots": 0, "position_snapshots": 0}
+    assert again.deleted == {"balance_snapshots": 0, "account_snapshots": 0, "position_snapshots": 0}
+    assert versions(engine, "balance_snapshots") == before  # no new row version at all
+
+
+@pytest.mark.db
+def test_a_rerun_updates_changed_rows_and_deletes_vanished_ones(engine):
+    load(engine, balances(10), positions("BTC", "ETH"))
+    changed = (*balances(8)[:7], replace(balances(8)[7], total=Decimal("99.000")))
+    result = load(engine, changed, positions("BTC"))
+    assert result.written["balance_snapshots"] == 1
+    assert result.deleted == {"balance_snapshots": 2, "account_snapshots": 0, "position_snapshots": 1}
+    got = rows(engine, "SELECT currency, total::text FROM balance_snapshots ORDER BY currency")
+    assert [tuple(r) for r in got][-1] == ("C007", "99.000")
+    assert len(got) == 8
+    assert [r[0] for r in rows(engine, "SELECT symbol FROM position_snapshots")] == ["BTC"]
+
+
+@pytest.mark.db
+def test_another_slot_of_the_same_source_is_fresh_and_leaves_the_first_alone(engine):
+    load(engine, balances(5))
+    result = load(engine, balances(3), slot=SLOT + timedelta(minutes=1))
+    assert result.written["balance_snapshots"] == 3 and result.deleted["balance_snapshots"] == 0
+    assert rows(engine, "SELECT count(*) FROM balance_snapshots WHERE snapshot_ts = :s", s=SLOT)[0][0] == 5
+
+
+@pytest.mark.db
+def test_a_large_batch_loads_in_several_chunks_exactly(engine):
+    many = tuple(
+        BalanceRow("acct", t, f"C{i:05d}", total=Decimal(f"1234567890.{i:016d}"), available=Decimal(-i))
+        for i in range(6_000)
+        for t in ("Spot",)
+    )
+    assert load(engine, many).written["balance_snapshots"] == 6_000
+    got = rows(engine, "SELECT total::text, available FROM balance_snapshots WHERE currency = 'C05999'")
+    assert tuple(got[0]) == ("1234567890.0000000000005999", Decimal(-5999))
+
+
+@pytest.mark.db
+def test_a_key_sent_twice_is_the_sources_error_naming_the_key(engine):
+    twice = (*balances(3), balances(3)[1])
+    with pytest.raises(NormalizeError, match=r"balance_snapshots: the venue sent \('Spot', 'C001'\) twice"):
+        load(engine, twice)
+
+
+@pytest.mark.db
+def test_a_row_of_an_unlisted_account_is_refused(engine):
+    stray = (*balances(2), replace(balances(1)[0], account="other"))
+    with pytest.raises(NormalizeError, match="row for account 'other' that the batch does not list"):
+        load(engine, stray)

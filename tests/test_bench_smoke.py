@@ -1,0 +1,49 @@
+"""The benchmarks run end to end on tiny sizes and end with their JSON line (not timed: figures
+at this size mean nothing; that they run, check exactness and count 429s does)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bench(*args: str) -> dict:
+    server = os.environ.get("ETL_TEST_DATABASE_URL")
+    command = [sys.executable, *args, "--json", *(["--database-url", server] if server else [])]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1, done.stdout  # with --json, stdout is the JSON line alone
+    return json.loads(lines[0])
+
+
+def test_load_bench_reports_every_ratio_and_reads_every_decimal_back_exactly():
+    figures = run_bench("bench/load.py", "--rows", "2000")
+    for key in (
+        "ours_fresh_vs_copy",
+        "ours_fresh_vs_server_limit",
+        "ours_reload_vs_copy",
+        "ours_vs_executemany",
+        "ours_vs_to_sql",
+    ):
+        assert figures[key] > 0, key
+    assert figures["exact"] is True
+    assert figures["reload_written"] == 0  # the unchanged re-load wrote nothing
+    assert figures["rows"] == 2000
+
+
+def test_poll_bench_runs_daemon_cycles_without_provoking_a_429():
+    figures = run_bench("bench/poll.py", "--accounts", "20", "--cycles", "2", "--interval", "3")
+    assert figures["rate_limited"] == 0
+    assert figures["cycles"] == 2 and figures["accounts"] == 20
+    assert figures["not_ok"] == 0
+    for key in ("cycle_vs_floor", "cpu_ms_per_account", "peak_rss_mb"):
+        assert figures[key] > 0, key
