@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
 import multiprocessing
 import os
@@ -41,7 +40,6 @@ from typing import Any
 
 import httpx
 import psutil
-from sqlalchemy import text
 
 if not __package__:  # run as `python bench/poll.py`: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -329,37 +327,23 @@ async def naive_cycle(settings: Settings, url: str) -> tuple[float, int]:
 
 
 class CpuShares:
-    """CPU seconds used during the cycles by this process, the simulators' process and the
-    PostgreSQL backends serving the bench database: what the 2 cores were spent on."""
+    """CPU seconds used during the cycles by this process and by the simulators' process:
+    what the 2 cores were spent on besides PostgreSQL."""
 
-    def __init__(self, url: str, sim_pid: int):
-        self.url, self.sim_pid = url, sim_pid
+    def __init__(self, sim_pid: int):
+        self.processes = {"poller": psutil.Process(), "simulators": psutil.Process(sim_pid)}
         self.seconds: dict[str, float] = {}
 
     def _sample(self) -> dict[str, float]:
-        def cpu(pids: list[int]) -> float:
-            total = 0.0
-            for pid in pids:
-                with contextlib.suppress(psutil.Error):
-                    times = psutil.Process(pid).cpu_times()
-                    total += times.user + times.system
-            return total
-
-        engine = make_engine(self.url)
-        with engine.connect() as conn:
-            sql = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-            backends = [int(pid) for pid in conn.execute(text(sql)).scalars()]
-        engine.dispose()
-        return {"poller": cpu([os.getpid()]), "simulators": cpu([self.sim_pid]), "postgresql": cpu(backends)}
+        return {name: sum(p.cpu_times()[:2]) for name, p in self.processes.items()}
 
     def __enter__(self) -> CpuShares:
         self._start = self._sample()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        # Backends are sampled at the end (the daemon's pool opens them during the cycles).
         end = self._sample()
-        self.seconds = {k: end[k] - (self._start[k] if k != "postgresql" else 0.0) for k in end}
+        self.seconds = {k: end[k] - self._start[k] for k in end}
 
 
 # --- report
@@ -405,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.latency * 1000:g} ms latency, slots every {interval.total_seconds():g} s, "
             f"{describe_server(url)}, {load_average()}"
         )
-        with RssSampler() as rss, CpuShares(url, sim_pid) as shares:
+        with RssSampler() as rss, CpuShares(sim_pid) as shares:
             cycles = asyncio.run(daemon_cycles(settings, url, args.cycles, args.latency, clock))
         naive = asyncio.run(naive_cycle(settings, url)) if args.naive else None
         sims = stats()
@@ -461,7 +445,7 @@ def report(header: str, cycles: list[Cycle], figures: dict[str, Any], out: Any) 
         ["429s provoked / requests", f"{figures['rate_limited']} / {figures['requests']:,}"],
         ["slots not ok", str(figures["not_ok"])],
         [
-            "CPU s per cycle: poller / simulators / PostgreSQL",
+            "CPU s per cycle: poller / simulators",
             " / ".join(f"{v:.2f}" for v in figures["cpu_s_per_cycle"].values()),
         ],
     ]

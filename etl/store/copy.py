@@ -1,8 +1,8 @@
 """Records -> PostgreSQL text `COPY` data, encoded once and cheaply.
 
 Encoding in Python, not PostgreSQL, is what limits a bulk load (psycopg's binary COPY
-of `Decimal`s runs at about a fifth of what the server ingests), so this module does as
-little per-value Python work as it can:
+of `Decimal`s runs at a fifth to a third of what the server ingests: bench/load.py), so
+this module does as little per-value Python work as it can:
 
 - A `Decimal`'s `str()` is already PostgreSQL numeric input (`12282.880026…`, `1E-8`):
   a row's numbers and texts are `"\\t".join(map(str, …))`, all in C. A `datetime`'s
@@ -44,6 +44,7 @@ NULL = "None"  # the COPY's NULL marker: str(None)
 COPY_OPTIONS = f"(NULL '{NULL}')"
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _SPECIAL = ("\\", "\t", "\n", "\r")
+CHUNK = 5_000  # rows per write: PostgreSQL parses one chunk while Python encodes the next
 
 
 def _fragment(value: Any) -> orjson.Fragment:
@@ -174,9 +175,6 @@ def lines(
                     ]
                 )
         yield chunk
-
-
-CHUNK = 5_000  # rows per write: PostgreSQL parses one chunk while Python encodes the next
 
 
 def encode(rows: Sequence[Sequence[Any]]) -> bytes:
