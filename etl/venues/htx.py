@@ -41,11 +41,12 @@ an hour (keyed by base URL and contract) and returns it with the poll's response
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -170,6 +171,7 @@ class ContractInfoCache:
     def __init__(self, ttl: float = CONTRACT_INFO_TTL):
         self.ttl = ttl
         self._items: dict[tuple[str, str], _Cached] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Future[RawResponse]] = {}
 
     def get(self, base_url: str, code: str) -> RawResponse | None:
         item = self._items.get((base_url, code))
@@ -180,6 +182,23 @@ class ContractInfoCache:
 
     def clear(self) -> None:
         self._items.clear()
+        self._inflight.clear()
+
+    async def fetch_once(
+        self, base_url: str, code: str, request: Callable[[], Awaitable[RawResponse]]
+    ) -> RawResponse:
+        """`request()`, unless a poll of another source is asking for the same contract right
+        now: then its answer. A hundred HTX sources start at the same slot second; without
+        this, each would ask for the same public contract info and burst the rate limit."""
+        key = (base_url, code)
+        task = self._inflight.get(key)
+        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
+            task = self._inflight[key] = asyncio.ensure_future(request())
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done() and self._inflight.get(key) is task:
+                del self._inflight[key]
 
 
 CONTRACTS = ContractInfoCache()
@@ -204,14 +223,7 @@ def _lists(response: RawResponse, code: str) -> bool:
     )
 
 
-async def _contract_info(http: VenueClient, code: str, poll_time: datetime) -> RawResponse:
-    cached = CONTRACTS.get(http.base_url, code)
-    if cached is not None:
-        # The loader dates a poll's rows by its earliest response, so a reused answer carries
-        # this poll's time; it is stored with the poll's raw payloads like a fresh one.
-        reused = replace(cached, fetched_at=poll_time)
-        http.received.append(reused)
-        return reused
+async def _request_contract_info(http: VenueClient, code: str) -> RawResponse:
     params = {"contract_code": code, "business_type": "all"}
     response = await http.send(
         contract_info_endpoint(code),
@@ -221,6 +233,20 @@ async def _contract_info(http: VenueClient, code: str, poll_time: datetime) -> R
     if _lists(response, code):
         CONTRACTS.put(http.base_url, code, response)
     return response
+
+
+async def _contract_info(http: VenueClient, code: str, poll_time: datetime) -> RawResponse:
+    answer = CONTRACTS.get(http.base_url, code) or await CONTRACTS.fetch_once(
+        http.base_url, code, lambda: _request_contract_info(http, code)
+    )
+    if any(r is answer for r in http.received):  # this poll asked the venue itself
+        return answer
+    # Cached, or asked by another source's poll: the loader dates a poll's rows by its
+    # earliest response, so the answer carries this poll's time; it is stored with the
+    # poll's raw payloads like a fresh one.
+    reused = replace(answer, fetched_at=poll_time)
+    http.received.append(reused)
+    return reused
 
 
 async def fetch(http: VenueClient, source: SourceConfig) -> list[RawResponse]:

@@ -615,3 +615,21 @@ def test_an_unknown_key_is_refused_with_htx_access_key_error(engine, seed_server
         "(authentication failed: check the API key, its secret and the clock)"
     )
     assert count(engine, "accounts") == 0
+
+
+def test_sources_polled_together_ask_for_a_contract_once(engine, seed_server):
+    """A slot's start: many HTX sources holding the same contract must not each ask for it
+    (that burst met the venue's rate limit in bench/poll.py)."""
+    sim, url = seed_server
+    settings_ = settings_for(
+        *(source_entry(f"htx-{i}", "htx", url, "live-key", "live-secret") for i in range(5))
+    )
+    results = run(engine, settings_)
+    assert all(r.status == "ok" for r in results.values()), results
+    assert sim.requests[htx.CONTRACT_INFO] == 2  # BTC-USDT and ETH-USDT, once each for all five
+    stored = rows(
+        engine,
+        "SELECT source, count(*) FROM raw_payloads WHERE endpoint LIKE :p GROUP BY 1",
+        p=htx.CONTRACT_INFO + "%",
+    )
+    assert sorted(n for _, n in stored) == [2] * 5  # every source keeps what it was normalized with
