@@ -37,44 +37,28 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.engine import make_url
 
+if not __package__:  # run as `python bench/query.py`: make the `bench` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import fresh_database
 from etl.slots import floor_to_slot
 from etl.store import migrate, partitions, rollups
-from etl.store.engine import embedded_url, make_engine, sqlalchemy_url
+from etl.store.engine import make_engine
 
-BENCH_PGDATA_ROOT = Path(tempfile.gettempdir()) / "etl-bench-pg"
 CURRENCIES = ("USDT", "BTC", "ETH", "SOL", "XRP", "DOGE", "TRX", "TON", "ADA", "BNB")
 SNAPSHOT_TABLES = ("balance_snapshots", "account_snapshots", "position_snapshots")
 RUNS = 5
 
 
 # ---------------------------------------------------------------- the store
-
-
-@contextmanager
-def fresh_database(server_url: str | None) -> Iterator[str]:
-    server = make_url(sqlalchemy_url(server_url or embedded_url(BENCH_PGDATA_ROOT)))
-    name = f"etl_bench_query_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(server.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def use_brin(engine: Engine) -> None:
