@@ -175,8 +175,3 @@ def lines(
                     ]
                 )
         yield chunk
-
-
-def encode(rows: Sequence[Sequence[Any]]) -> bytes:
-    """Rows of plain values as COPY text, field by field (small loads, tests)."""
-    return "".join("\t".join([field(v) for v in row]) + "\n" for row in rows).encode()
