@@ -270,7 +270,13 @@ def load_slot(
                 held=held[table.name],
             )
         write_raw(cur, source, slot, responses, run_id)
-    rollups.upsert_slot(conn, source, slot, shrunk=[name for name, n in deleted.items() if n])
+    rollups.upsert_slot(
+        conn,
+        source,
+        slot,
+        changed=[name for name in written if written[name] or deleted[name]],
+        shrunk=[name for name, n in deleted.items() if n],
+    )
     return LoadResult(run_id=run_id, written=written, deleted=deleted)
 
 

@@ -195,6 +195,9 @@ SNAPSHOT_TABLES = (balance_snapshots, account_snapshots, position_snapshots)
 PARTITIONED_TABLES = (*SNAPSHOT_TABLES, raw_payloads)
 
 
+ROLLUP_FILLFACTOR = 50
+
+
 def _rollup(name: str, keys: list[str], values: tuple[str, ...], extra: list[Column]) -> Table:
     """The last row of each key in each bucket; `snapshot_ts` says which slot it came from."""
     return Table(
@@ -208,6 +211,10 @@ def _rollup(name: str, keys: list[str], values: tuple[str, ...], extra: list[Col
         *extra,
         # account first, then time: "one account over a range" is one index range.
         PrimaryKeyConstraint("account_id", "bucket", *keys),
+        # Every slot rewrites the row of each key in its bucket: with half of each page
+        # kept free, the new version lands on the same page and no index changes (a HOT
+        # update). Measured (migration 0003): the loader's rollup upserts take ~30 % less.
+        postgresql_with={"fillfactor": ROLLUP_FILLFACTOR},
     )
 
 

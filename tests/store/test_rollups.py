@@ -73,6 +73,19 @@ def test_an_unchanged_rerun_rewrites_no_rollup_row(engine):
     before = rows(engine, "SELECT xmin::text, ctid::text FROM balances_hourly")
     load(engine, "s", at("2026-03-01T10:30:00"), {"s": "110"})
     assert rows(engine, "SELECT xmin::text, ctid::text FROM balances_hourly") == before
+    # not even visited: an upsert whose guard says "no change" still locks the row (xmax)
+    assert rows(engine, "SELECT DISTINCT xmax::text FROM account_equity_daily") == [("0",)]
+
+
+def test_rollup_tables_keep_room_on_each_page_for_the_next_slot(engine):
+    # the loader rewrites each key's bucket row every slot: fillfactor 50 keeps the new
+    # version on the same page (no index entries), see migration 0003
+    options = rows(
+        engine,
+        "SELECT relname, reloptions FROM pg_class WHERE relname IN ('balances_hourly', "
+        "'balances_daily', 'account_equity_hourly', 'account_equity_daily') ORDER BY relname",
+    )
+    assert [o for _, o in options] == [["fillfactor=50"]] * 4
 
 
 def test_a_currency_gone_on_rerun_falls_back_to_its_previous_row_in_the_bucket(engine):
