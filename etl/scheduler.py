@@ -33,7 +33,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -59,7 +59,7 @@ from etl.slots import floor_to_slot
 from etl.spool import Entry, Spool, SpooledMissed, SpooledPoll, SpoolError, replayed, spooled
 from etl.store import migrate
 from etl.store.engine import ping
-from etl.store.load import claim_slot, record_missed
+from etl.store.load import claim_slots, record_missed
 from etl.store.retention import prune_once
 from etl.venues import venue
 
@@ -163,6 +163,8 @@ class Daemon:
         self._limiters: dict[tuple[str, str], AsyncLimiter] = {}
         self._inflight: set[asyncio.Task[Any]] = set()
         self._background: set[asyncio.Task[Any]] = set()
+        # per (slot, interval): the sources waiting for the claim of that slot, see _claim
+        self._claiming: dict[tuple[datetime, timedelta], dict[str, asyncio.Future[bool | None]]] = {}
         self._orphans: set[str] = set()
         self._stopping = asyncio.Event()
         self._http: dict[str, httpx.AsyncClient] = {}  # per source, while running()
@@ -341,23 +343,46 @@ class Daemon:
             return "spooled"
 
     async def _claim(self, source: SourceConfig, slot: datetime, deadline: float) -> bool | None:
-        """True: ours to poll; False: another replica's; None: the database is down, poll unclaimed."""
+        """True: ours to poll; False: another replica's; None: the database is down, poll unclaimed.
+
+        The scheduler fires the jobs of one aligned instant together: the claims made in one
+        turn of the event loop for the same slot go to the database as one statement in one
+        transaction (`_claim_together`), not a transaction per source.
+        """
         if not self.db_up:
             return None
-        interval = self.timing[source.name].interval
+        key = (slot, self.timing[source.name].interval)
+        waiting = self._claiming.get(key)
+        if waiting is None:
+            waiting = self._claiming[key] = {}
+            self._in_background(self._claim_together(key, deadline))
+        if source.name in waiting:  # already being claimed for this slot, by this process
+            return False
+        future: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+        waiting[source.name] = future
+        return await future
+
+    async def _claim_together(self, key: tuple[datetime, timedelta], deadline: float) -> None:
+        await asyncio.sleep(0)  # after the other jobs of this turn have asked
+        waiting = self._claiming.pop(key)
+        slot, interval = key
         abandoned = (slot - ABANDONED[0] * interval, slot - ABANDONED[1] * interval)
 
-        def claim() -> bool:
+        def claim() -> set[str]:
             with self.engine.begin() as conn:
-                return claim_slot(
-                    conn, source=source.name, slot=slot, worker=self.worker, abandoned=abandoned
+                return claim_slots(
+                    conn, sources=list(waiting), slot=slot, worker=self.worker, abandoned=abandoned
                 )
 
+        claimed: set[str] | None
         try:  # the claim may use up to half of the poll's budget
-            return await self._db(claim, timeout=max(0.5, (deadline - time.monotonic()) / 2))
+            claimed = await self._db(claim, timeout=max(0.5, (deadline - time.monotonic()) / 2))
         except DB_ERRORS as err:
             self._db_failed(err)
-            return None
+            claimed = None
+        for name, future in waiting.items():
+            if not future.done():  # a slot cancelled at shutdown no longer waits
+                future.set_result(None if claimed is None else name in claimed)
 
     async def _store(self, polled: Polled, *, claimed: bool, end: datetime) -> str:
         name, slot = polled.source.name, polled.slot
@@ -433,9 +458,13 @@ class Daemon:
         if expected is None or slot + interval > expected:
             self._expected[name] = slot + interval
         if missed:
-            task = asyncio.get_running_loop().create_task(self._record_missed(name, missed, reason))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(self._record_missed(name, missed, reason))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """A task no slot awaits directly; shutdown waits for it (see _finish)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _record_missed(self, name: str, slots: list[datetime], reason: str) -> None:
         log.warning(

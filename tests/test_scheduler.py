@@ -165,6 +165,30 @@ def test_a_slot_claimed_by_one_worker_is_not_polled_by_another(engine, tmp_path,
     assert rows(engine, "SELECT status, worker FROM ingestion_runs") == [("ok", None)]
 
 
+def test_sources_firing_together_on_two_workers_are_each_polled_once(engine, tmp_path, venue):
+    sim, url = venue
+    names = ["sched", "sched-b", "sched-c"]
+    settings = settings_for(
+        *(source_entry(n, "bittap", url, "sched-key", "sched-secret") for n in names), interval="60s"
+    )
+    first = Daemon(settings, engine, Spool(tmp_path / "a"), worker="host-a:1:x")
+    second = Daemon(settings, engine, Spool(tmp_path / "b"), worker="host-b:2:y")
+    slot = floor_to_slot(datetime.now(UTC), 60 * S)
+
+    async def go() -> list[str]:
+        async with first.running(), second.running():
+            deadline = time.monotonic() + 20
+            return await asyncio.gather(  # both workers' claims of the slot in one turn
+                *(d.run_slot(d.sources[n], slot, deadline) for n in names for d in (first, second))
+            )
+
+    outcomes = asyncio.run(go())
+    assert sorted(outcomes) == ["claimed_elsewhere"] * 3 + ["ok"] * 3
+    assert [sorted(outcomes[i : i + 2]) for i in range(0, 6, 2)] == [["claimed_elsewhere", "ok"]] * 3
+    assert sim.requests[ACCOUNT_INFO] == 3
+    assert rows(engine, "SELECT source, status FROM ingestion_runs ORDER BY 1") == [(n, "ok") for n in names]
+
+
 def test_a_claim_left_by_a_dead_worker_is_marked_missed(engine, tmp_path, venue):
     _, url = venue
     slot = floor_to_slot(datetime.now(UTC), 60 * S)

@@ -12,7 +12,7 @@ bodies that were received (to replay once the normalizer is fixed), and no snaps
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from operator import attrgetter
@@ -310,43 +310,53 @@ def record_failure(
     return run_id
 
 
-def claim_slot(
+def claim_slots(
     conn: Connection,
     *,
-    source: str,
+    sources: Collection[str],
     slot: datetime,
     worker: str,
     abandoned: tuple[datetime, datetime],
-) -> bool:
-    """Claim (source, slot) for `worker`; False if another worker has it already.
+) -> set[str]:
+    """Claim (source, slot) for `worker` for each of `sources`; returns the ones it got.
 
     Replicas of the daemon race here: the unique (source, snapshot_ts) lets exactly one
-    insert win. A `missed` row may still be claimed (a replica that slept wrote it while
-    this one was on time). Claims of other workers in the `abandoned` window [from, to)
-    that never finished (the worker died) are marked `missed` first, so status does not
-    show them running forever; the window is bounded so this stays an index range scan.
+    insert win. The rows are inserted in the order of their source, so two replicas
+    claiming overlapping sets wait on each other in one order and cannot deadlock. A
+    `missed` row may still be claimed (a replica that slept wrote it while this one was
+    on time). Claims of other workers in the `abandoned` window [from, to) that never
+    finished (the worker died) are marked `missed` first, so status does not show them
+    running forever; the window is bounded so this stays an index range scan, and rows
+    another replica is marking already are skipped, not waited for (no lock cycle).
     """
+    names = sorted(sources)
     with _cursor(conn) as cur:
         cur.execute(
             """
-            UPDATE ingestion_runs SET status = 'missed', finished_at = now(),
-                error = 'claimed by worker ' || coalesce(worker, '?') || ', which never finished it'
-            WHERE source = %s AND status = 'running' AND snapshot_ts >= %s AND snapshot_ts < %s
+            UPDATE ingestion_runs r SET status = 'missed', finished_at = now(),
+                error = 'claimed by worker ' || coalesce(r.worker, '?') || ', which never finished it'
+            FROM (
+                SELECT id FROM ingestion_runs WHERE source = ANY(%(sources)s) AND status = 'running'
+                    AND snapshot_ts >= %(from)s AND snapshot_ts < %(to)s
+                ORDER BY id FOR UPDATE SKIP LOCKED
+            ) AS dead
+            WHERE r.id = dead.id
             """,
-            (source, *abandoned),
+            {"sources": names, "from": abandoned[0], "to": abandoned[1]},
         )
         cur.execute(
             """
             INSERT INTO ingestion_runs AS r (source, snapshot_ts, started_at, status, worker)
-            VALUES (%s, %s, now(), 'running', %s)
+            SELECT s, %(slot)s, now(), 'running', %(worker)s
+            FROM unnest(%(sources)s::text[]) WITH ORDINALITY AS u(s, i) ORDER BY i
             ON CONFLICT (source, snapshot_ts) DO UPDATE SET status = 'running', worker = EXCLUDED.worker,
                 started_at = EXCLUDED.started_at, finished_at = NULL, error = NULL
             WHERE r.status = 'missed'
-            RETURNING id
+            RETURNING source
             """,
-            (source, slot, worker),
+            {"sources": names, "slot": slot, "worker": worker},
         )
-        return cur.fetchone() is not None
+        return {str(source) for (source,) in cur.fetchall()}
 
 
 def record_missed(conn: Connection, *, source: str, slots: Sequence[datetime], reason: str) -> int:
