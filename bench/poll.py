@@ -273,7 +273,8 @@ class Cycle:
 async def daemon_cycles(
     settings: Settings, url: str, cycles: int, latency: float, clock: CpuClock
 ) -> list[Cycle]:
-    engine = make_engine(url, pool_size=scheduler.DB_WORKERS + 2)
+    # as `engine_for` makes the daemon's engine: no ping per checkout
+    engine = make_engine(url, pool_size=scheduler.DB_WORKERS + 2, pool_pre_ping=False)
     interval = settings.schedule.interval
     with tempfile.TemporaryDirectory() as spool_dir:
         daemon = scheduler.Daemon(settings, engine, Spool(Path(spool_dir)), worker="bench")
