@@ -1,10 +1,10 @@
 """Load one source's batch for one slot, in the caller's transaction.
 
 `load_slot` writes, in order: the run record (its id goes on every row), the accounts
-(upserted; ids looked up), the three snapshot tables (a fresh slot: one COPY; a re-load:
-staged COPY + guarded upsert + delete of rows that vanished from this slot; see
-`etl.store.upsert`), the raw payloads, and the hourly/daily
-rollups (after creating the slot's monthly partitions if needed). The caller owns the
+(upserted; ids looked up) and the raw payloads, all in one round trip (pipeline mode),
+then the three snapshot tables (a fresh slot: one COPY; a re-load: staged COPY + guarded
+upsert + delete of rows that vanished from this slot; see `etl.store.upsert`), and the
+hourly/daily rollups (after creating the slot's monthly partitions if needed). The caller owns the
 transaction (`with engine.begin() as conn: load_slot(conn, ...)`): a slot loads whole
 or not at all. `record_failure` writes the run record of a failed poll, with the raw
 bodies that were received (to replay once the normalizer is fixed), and no snapshot row.
@@ -12,11 +12,11 @@ bodies that were received (to replay once the normalizer is fixed), and no snaps
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from operator import attrgetter
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.copy import QueuedLibpqWriter
@@ -37,6 +37,11 @@ _LOADED = (
     (position_snapshots, copy.Layout.of(PositionRow), "positions"),
 )
 _TAIL = ["snapshot_ts", "fetched_at", "run_id"]
+
+T = TypeVar("T")
+# What a statement answers, read when called: a statement sent in a pipeline has its
+# answer only once the pipeline is synced, so the caller decides when to read it.
+Reply = Callable[[], T]
 
 
 @dataclass(frozen=True)
@@ -63,8 +68,9 @@ def upsert_run(
     counts: dict[str, int],
     attempts: int,
     keep_ok: bool,
-) -> int | None:
-    """Insert or update the (source, slot) run row; with keep_ok, an `ok` row is left alone."""
+) -> Reply[int | None]:
+    """Insert or update the (source, slot) run row; with keep_ok, an `ok` row is left alone.
+    The reply is its id (None: the row was `ok` and kept)."""
     guard = "WHERE r.status <> 'ok'" if keep_ok else ""
     cur.execute(
         f"""
@@ -90,13 +96,19 @@ def upsert_run(
             **counts,
         },
     )
-    row = cur.fetchone()
-    return int(row[0]) if row else None
+
+    def run_id() -> int | None:
+        row = cur.fetchone()
+        return int(row[0]) if row else None
+
+    return run_id
 
 
 def upsert_accounts(
     cur: psycopg.Cursor[Any], source: str, venue: str, slot: datetime, batch: Batch
-) -> dict[str, int]:
+) -> Reply[dict[str, int]]:
+    """Upsert the batch's accounts (locking each one's row until the transaction ends);
+    the reply maps their external ids to ids."""
     refs = batch.accounts
     cur.execute(
         """
@@ -123,7 +135,7 @@ def upsert_accounts(
         "SELECT external_id, id FROM accounts WHERE source = %s AND external_id = ANY(%s)",
         (source, [r.external_id for r in refs]),
     )
-    return {external_id: int(account_id) for external_id, account_id in cur.fetchall()}
+    return lambda: {external_id: int(account_id) for external_id, account_id in cur.fetchall()}
 
 
 def _check(records: Sequence[Any], ids: dict[str, int], table: Table) -> None:
@@ -142,17 +154,21 @@ def _check(records: Sequence[Any], ids: dict[str, int], table: Table) -> None:
         seen.add(key)
 
 
-def _held(cur: psycopg.Cursor[Any], source: str, slot: datetime) -> dict[str, bool]:
+def _held(cur: psycopg.Cursor[Any], source: str, slot: datetime) -> Reply[dict[str, bool]]:
     """Which snapshot tables already hold rows of the source at the slot (a re-load).
 
     Loads of one (source, slot) are serialized by the lock `upsert_run` takes on its run
-    row, so no such row can appear between this check and the COPY.
+    row (sent before this check), so no such row can appear between this check and the COPY.
     """
     tables = [table for table, _, _ in _LOADED]
     cur.execute(upsert.held_sql(tables), {"slot": slot, "source": source})
-    row = cur.fetchone()
-    assert row is not None
-    return {t.name: bool(held) for t, held in zip(tables, row, strict=True)}
+
+    def held() -> dict[str, bool]:
+        row = cur.fetchone()
+        assert row is not None
+        return {t.name: bool(held) for t, held in zip(tables, row, strict=True)}
+
+    return held
 
 
 def _copy(
@@ -203,24 +219,29 @@ def upsert_snapshots(
 
 
 def write_raw(
-    cur: psycopg.Cursor[Any],
-    source: str,
-    slot: datetime,
-    responses: Sequence[RawResponse],
-    run_id: int | None,
+    cur: psycopg.Cursor[Any], source: str, slot: datetime, responses: Sequence[RawResponse]
 ) -> None:
-    if not responses:
-        return
+    """The raw bodies, under the id of the slot's run row (written before, in this transaction)."""
+    # One statement per body, not one with arrays: psycopg escapes a text array element by
+    # element in Python, which for JSON bodies cost more than the round trips it saved.
     cur.executemany(
         """
         INSERT INTO raw_payloads AS p (source, endpoint, snapshot_ts, fetched_at, http_status, body, run_id)
-        VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s)
+        VALUES (%(source)s, %(endpoint)s, %(slot)s, %(fetched)s, %(status)s, %(body)s::jsonb,
+            (SELECT id FROM ingestion_runs WHERE source = %(source)s AND snapshot_ts = %(slot)s))
         ON CONFLICT (source, snapshot_ts, endpoint) DO UPDATE SET fetched_at = EXCLUDED.fetched_at,
             http_status = EXCLUDED.http_status, body = EXCLUDED.body, run_id = EXCLUDED.run_id
         WHERE p.body IS DISTINCT FROM EXCLUDED.body OR p.run_id IS DISTINCT FROM EXCLUDED.run_id
         """,
         [
-            (source, r.endpoint, slot, r.fetched_at, r.http_status, exactjson.dumps(r.body), run_id)
+            {
+                "source": source,
+                "endpoint": r.endpoint,
+                "slot": slot,
+                "fetched": r.fetched_at,
+                "status": r.http_status,
+                "body": exactjson.dumps(r.body),
+            }
             for r in responses
         ],
     )
@@ -239,21 +260,26 @@ def load_slot(
 ) -> LoadResult:
     fetched_at = min((r.fetched_at for r in responses), default=started_at)
     partitions.ensure(conn, [slot])
-    with _cursor(conn) as cur:
-        run_id = upsert_run(
-            cur,
-            source=source,
-            slot=slot,
-            started_at=started_at,
-            status="ok",
-            error=None,
-            counts=batch.counts(),
-            attempts=attempts,
-            keep_ok=False,
-        )
+    with _cursor(conn) as cur, _cursor(conn) as run, _cursor(conn) as accounts, _cursor(conn) as raw:
+        # What comes before the snapshots goes in one pipeline: sent together, one round
+        # trip, run by the server in this order, each statement seeing the ones before.
+        with cur.connection.pipeline():
+            run_id_of = upsert_run(
+                run,
+                source=source,
+                slot=slot,
+                started_at=started_at,
+                status="ok",
+                error=None,
+                counts=batch.counts(),
+                attempts=attempts,
+                keep_ok=False,
+            )
+            ids_of = upsert_accounts(accounts, source, venue, slot, batch)
+            held_of = _held(cur, source, slot)
+            write_raw(raw, source, slot, responses)
+        run_id, ids, held = run_id_of(), ids_of(), held_of()
         assert run_id is not None
-        ids = upsert_accounts(cur, source, venue, slot, batch)
-        held = _held(cur, source, slot)
         written, deleted = {}, {}
         for table, layout, attr in _LOADED:
             records = getattr(batch, attr)
@@ -269,7 +295,6 @@ def load_slot(
                 slot=slot,
                 held=held[table.name],
             )
-        write_raw(cur, source, slot, responses, run_id)
     rollups.upsert_slot(
         conn,
         source,
@@ -304,9 +329,9 @@ def record_failure(
             counts=empty,
             attempts=attempts,
             keep_ok=True,
-        )
+        )()
         if run_id is not None:
-            write_raw(cur, source, slot, responses, run_id)
+            write_raw(cur, source, slot, responses)
     return run_id
 
 
