@@ -271,7 +271,7 @@ class Cycle:
 
 
 async def daemon_cycles(
-    settings: Settings, url: str, cycles: int, latency: float, clock: CpuClock
+    settings: Settings, url: str, cycles: int, latency: float, clock: CpuClock, shares: CpuShares
 ) -> list[Cycle]:
     # as `engine_for` makes the daemon's engine: no ping per checkout
     engine = make_engine(url, pool_size=scheduler.DB_WORKERS + 2, pool_pre_ping=False)
@@ -285,9 +285,10 @@ async def daemon_cycles(
                 deadline = time.monotonic() + interval.total_seconds() * scheduler.POLL_SHARE
                 cpu0, accounts0 = clock.seconds, clock.accounts
                 t0 = time.perf_counter()
-                outcomes = await asyncio.gather(
-                    *(daemon.run_slot(s, slot, deadline) for s in settings.sources)
-                )
+                with shares.counting():
+                    outcomes = await asyncio.gather(
+                        *(daemon.run_slot(s, slot, deadline) for s in settings.sources)
+                    )
                 seconds = time.perf_counter() - t0
                 accounts = clock.accounts - accounts0
                 out.append(
@@ -328,23 +329,24 @@ async def naive_cycle(settings: Settings, url: str) -> tuple[float, int]:
 
 
 class CpuShares:
-    """CPU seconds used during the cycles by this process and by the simulators' process:
-    what the 2 cores were spent on besides PostgreSQL."""
+    """CPU seconds used during the cycles (each from its slot's start to its last commit)
+    by this process and by the simulators' process: what the 2 cores were spent on besides
+    PostgreSQL. Start-up (migration, clients) and the idle time between cycles are left out."""
 
     def __init__(self, sim_pid: int):
         self.processes = {"poller": psutil.Process(), "simulators": psutil.Process(sim_pid)}
-        self.seconds: dict[str, float] = {}
+        self.seconds: dict[str, float] = dict.fromkeys(self.processes, 0.0)
 
     def _sample(self) -> dict[str, float]:
         return {name: sum(p.cpu_times()[:2]) for name, p in self.processes.items()}
 
-    def __enter__(self) -> CpuShares:
-        self._start = self._sample()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        start = self._sample()
+        yield
         end = self._sample()
-        self.seconds = {k: end[k] - self._start[k] for k in end}
+        for name in end:
+            self.seconds[name] += end[name] - start[name]
 
 
 # --- report
@@ -390,8 +392,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.latency * 1000:g} ms latency, slots every {interval.total_seconds():g} s, "
             f"{describe_server(url)}, {load_average()}"
         )
-        with RssSampler() as rss, CpuShares(sim_pid) as shares:
-            cycles = asyncio.run(daemon_cycles(settings, url, args.cycles, args.latency, clock))
+        shares = CpuShares(sim_pid)
+        with RssSampler() as rss:
+            cycles = asyncio.run(daemon_cycles(settings, url, args.cycles, args.latency, clock, shares))
         naive = asyncio.run(naive_cycle(settings, url)) if args.naive else None
         sims = stats()
     clock.uninstall()
