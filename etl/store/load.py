@@ -203,7 +203,10 @@ def upsert_snapshots(
     """Write the slot's `records` into `table`; returns (rows written, rows deleted)."""
     if not held:  # a fresh slot: nothing to compare with, nothing vanished
         if records:
-            _copy(cur, table.name, layout, records, ids, tail)
+            # straight into the slot's month (created by `partitions.ensure`): no per-row
+            # routing through the parent (measured: 5 % of a 50,000-row COPY)
+            month = partitions.child_name(table.name, partitions.month_start(slot))
+            _copy(cur, month, layout, records, ids, tail)
         return len(records), 0
     cur.execute(upsert.create_stage_sql(table))
     written = 0
