@@ -355,34 +355,48 @@ class Daemon:
         waiting = self._claiming.get(key)
         if waiting is None:
             waiting = self._claiming[key] = {}
-            self._in_background(self._claim_together(key, deadline))
+            batch = self._in_background(self._claim_together(key, waiting, deadline))
+            batch.add_done_callback(partial(self._claims_ended, key, waiting))
         if source.name in waiting:  # already being claimed for this slot, by this process
             return False
         future: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
         waiting[source.name] = future
         return await future
 
-    async def _claim_together(self, key: tuple[datetime, timedelta], deadline: float) -> None:
+    async def _claim_together(
+        self,
+        key: tuple[datetime, timedelta],
+        waiting: dict[str, asyncio.Future[bool | None]],
+        deadline: float,
+    ) -> None:
         await asyncio.sleep(0)  # after the other jobs of this turn have asked
-        waiting = self._claiming.pop(key)
-        slot, interval = key
-        abandoned = (slot - ABANDONED[0] * interval, slot - ABANDONED[1] * interval)
-
-        def claim() -> set[str]:
-            with self.engine.begin() as conn:
-                return claim_slots(
-                    conn, sources=list(waiting), slot=slot, worker=self.worker, abandoned=abandoned
-                )
-
-        claimed: set[str] | None
+        del self._claiming[key]  # later claims of this slot make a batch of their own
+        claimed: set[str] | None = None
         try:  # the claim may use up to half of the poll's budget
-            claimed = await self._db(claim, timeout=max(0.5, (deadline - time.monotonic()) / 2))
+            claimed = await self._db(
+                partial(self._claim_slots, list(waiting), *key),
+                timeout=max(0.5, (deadline - time.monotonic()) / 2),
+            )
         except DB_ERRORS as err:
             self._db_failed(err)
-            claimed = None
         for name, future in waiting.items():
             if not future.done():  # a slot cancelled at shutdown no longer waits
                 future.set_result(None if claimed is None else name in claimed)
+
+    def _claims_ended(
+        self, key: tuple[datetime, timedelta], waiting: dict[str, asyncio.Future[bool | None]], _: object
+    ) -> None:
+        """A batch cancelled at shutdown (even before it started) leaves no slot waiting."""
+        if self._claiming.get(key) is waiting:
+            del self._claiming[key]
+        for future in waiting.values():
+            if not future.done():
+                future.set_result(None)
+
+    def _claim_slots(self, sources: list[str], slot: datetime, interval: timedelta) -> set[str]:
+        abandoned = (slot - ABANDONED[0] * interval, slot - ABANDONED[1] * interval)
+        with self.engine.begin() as conn:
+            return claim_slots(conn, sources=sources, slot=slot, worker=self.worker, abandoned=abandoned)
 
     async def _store(self, polled: Polled, *, claimed: bool, end: datetime) -> str:
         name, slot = polled.source.name, polled.slot
@@ -460,11 +474,12 @@ class Daemon:
         if missed:
             self._in_background(self._record_missed(name, missed, reason))
 
-    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A task no slot awaits directly; shutdown waits for it (see _finish)."""
         task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def _record_missed(self, name: str, slots: list[datetime], reason: str) -> None:
         log.warning(

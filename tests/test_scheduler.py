@@ -189,6 +189,22 @@ def test_sources_firing_together_on_two_workers_are_each_polled_once(engine, tmp
     assert rows(engine, "SELECT source, status FROM ingestion_runs ORDER BY 1") == [(n, "ok") for n in names]
 
 
+def test_claims_cut_off_by_shutdown_leave_no_slot_waiting(tmp_path, session_engine):
+    settings = settings_for(source_entry("a", "bittap", "http://x.test", "k", "s"), interval="60s")
+    daemon = Daemon(settings, session_engine, Spool(tmp_path))
+    daemon.db_up = True
+
+    async def go() -> bool | None:
+        claim = asyncio.create_task(daemon._claim(daemon.sources["a"], T0, time.monotonic() + 20))
+        await asyncio.sleep(0)  # the slot has asked; the batch has not gone out yet
+        for task in daemon._background:
+            task.cancel()  # what shutdown does to background tasks that run late
+        return await asyncio.wait_for(claim, 5)
+
+    assert asyncio.run(go()) is None  # not claimed: the slot goes on as if the database were down
+    assert daemon._claiming == {}
+
+
 def test_a_claim_left_by_a_dead_worker_is_marked_missed(engine, tmp_path, venue):
     _, url = venue
     slot = floor_to_slot(datetime.now(UTC), 60 * S)
