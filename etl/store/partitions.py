@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, text
+from sqlalchemy import URL, Connection, text
 
 from etl.store.schema import PARTITIONED_TABLES
 
@@ -27,7 +27,7 @@ PARENTS = tuple(t.name for t in PARTITIONED_TABLES)
 CHILD_NAME = re.compile(rf"^({'|'.join(PARENTS)})_p(\d{{4}})_(\d{{2}})$")
 _LOCK_KEY = 4242002  # serializes creation across processes (two replicas, one new month)
 
-_known: set[tuple[str, datetime]] = set()  # (database, month start) known to exist for every parent
+_known: set[tuple[URL, datetime]] = set()  # (database, month start) known to exist for every parent
 _known_lock = threading.Lock()
 
 
@@ -68,8 +68,10 @@ def create_sql(parent: str, month: datetime) -> str:
     )
 
 
-def _database(conn: Connection) -> str:
-    return conn.engine.url.render_as_string(hide_password=True)
+def _database(conn: Connection) -> URL:
+    # the URL itself (an immutable tuple) identifies the database: rendering it as a
+    # string cost more than the rest of a cached `ensure`, which every load calls
+    return conn.engine.url
 
 
 def ensure(conn: Connection, slots: Iterable[datetime]) -> None:

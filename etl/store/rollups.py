@@ -15,6 +15,7 @@ their rows and the rollups are all that is left of them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -122,6 +123,10 @@ def upsert_slot_sql(snapshot_tables: Collection[str]) -> str | None:
     return f"WITH {', '.join(parts)} SELECT 1" if parts else None
 
 
+_FINE = frozenset(fine.name for _, fine, _ in ROLLUPS)
+_upsert_slot_sql = functools.cache(upsert_slot_sql)  # by the set of tables: a few variants
+
+
 def upsert_slot(
     conn: Connection,
     source: str,
@@ -139,7 +144,7 @@ def upsert_slot(
     upsert itself, for nothing.
     """
     params = {"slot": slot, "source": source}
-    sql = upsert_slot_sql([fine.name for _, fine, _ in ROLLUPS] if changed is None else changed)
+    sql = _upsert_slot_sql(frozenset(_FINE if changed is None else changed))
     if sql is not None:
         conn.execute(text(sql), params)
     for rollup, fine, width in ROLLUPS:
