@@ -14,7 +14,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
+import psycopg
+from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -104,3 +105,11 @@ def describe(engine: Engine) -> str:
 def ping(engine: Engine) -> None:
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+def driver_cursor(conn: Connection) -> psycopg.Cursor[Any]:
+    """A psycopg cursor on the connection's own transaction: for the loader's COPY, pipeline
+    and per-load statements, which SQLAlchemy would only wrap."""
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    return driver.cursor()

@@ -26,6 +26,7 @@ from etl import exactjson
 from etl.errors import NormalizeError
 from etl.records import AccountRow, BalanceRow, Batch, PositionRow, RawResponse
 from etl.store import copy, partitions, rollups, upsert
+from etl.store.engine import driver_cursor
 from etl.store.schema import account_snapshots, balance_snapshots, position_snapshots
 
 # Record field -> column: the record's own fields, with account -> account_id, then
@@ -49,12 +50,6 @@ class LoadResult:
     run_id: int
     written: dict[str, int]  # rows inserted or changed per table (0 on an unchanged re-run)
     deleted: dict[str, int]
-
-
-def _cursor(conn: Connection) -> psycopg.Cursor[Any]:
-    driver = conn.connection.driver_connection
-    assert isinstance(driver, psycopg.Connection)
-    return driver.cursor()
 
 
 def upsert_run(
@@ -263,7 +258,12 @@ def load_slot(
 ) -> LoadResult:
     fetched_at = min((r.fetched_at for r in responses), default=started_at)
     partitions.ensure(conn, [slot])
-    with _cursor(conn) as cur, _cursor(conn) as run, _cursor(conn) as accounts, _cursor(conn) as raw:
+    with (
+        driver_cursor(conn) as cur,
+        driver_cursor(conn) as run,
+        driver_cursor(conn) as accounts,
+        driver_cursor(conn) as raw,
+    ):
         # What comes before the snapshots goes in one pipeline: sent together, one round
         # trip, run by the server in this order, each statement seeing the ones before.
         with cur.connection.pipeline():
@@ -321,7 +321,7 @@ def record_failure(
     """The run row of a failed poll (an earlier `ok` for the same slot is kept) and its raw bodies."""
     empty = {"accounts": 0, "balances": 0, "account_rows": 0, "positions": 0}
     partitions.ensure(conn, [slot])  # raw_payloads is partitioned too
-    with _cursor(conn) as cur:
+    with driver_cursor(conn) as cur:
         run_id = upsert_run(
             cur,
             source=source,
@@ -358,7 +358,7 @@ def claim_slots(
     another replica is marking already are skipped, not waited for (no lock cycle).
     """
     names = sorted(sources)
-    with _cursor(conn) as cur:
+    with driver_cursor(conn) as cur:
         cur.execute(
             """
             UPDATE ingestion_runs r SET status = 'missed', finished_at = now(),
@@ -389,7 +389,7 @@ def claim_slots(
 
 def record_missed(conn: Connection, *, source: str, slots: Sequence[datetime], reason: str) -> int:
     """Rows `missed` for slots nobody polled; a slot that has any row already is left alone."""
-    with _cursor(conn) as cur:
+    with driver_cursor(conn) as cur:
         cur.execute(
             """
             INSERT INTO ingestion_runs (source, snapshot_ts, started_at, finished_at, status, error)
@@ -407,7 +407,7 @@ def lock_slot(conn: Connection, source: str, slot: datetime) -> str | None:
     A spooled slot may be drained by two replicas at once, or again after a crash between
     its load and the removal of its file: under this lock the second sees `ok` and skips.
     """
-    with _cursor(conn) as cur:
+    with driver_cursor(conn) as cur:
         cur.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{source}|{slot.isoformat()}",)
         )

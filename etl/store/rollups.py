@@ -23,7 +23,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, Engine, Table, text
 
 from etl.store import partitions
+from etl.store.engine import driver_cursor
 from etl.store.schema import ROLLUPS
+from etl.store.upsert import source_rows
 
 WIDTH = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
 
@@ -74,14 +76,15 @@ def _forward_only(rollup: Table) -> str:
     )
 
 
-_OF_SOURCE = "account_id IN (SELECT id FROM accounts WHERE source = :source)"
+def _of_source(table: str, where: str) -> str:
+    return source_rows(table, where, source=":source")
 
 
 def upsert_sql(rollup: Table, source: Table, width: str) -> str:
     """The slot's rows of the source's accounts, into their buckets."""
     return (
-        f"{_insert_head(rollup)} SELECT {_select_list(rollup, width)} FROM {source.name} s "
-        f"WHERE s.snapshot_ts = :slot AND s.{_OF_SOURCE} {_forward_only(rollup)}"
+        f"{_insert_head(rollup)} SELECT {_select_list(rollup, width)} "
+        f"FROM {_of_source(source.name, 'snapshot_ts = :slot')} AS s {_forward_only(rollup)}"
     )
 
 
@@ -97,9 +100,8 @@ def vanished_sql(rollup: Table, source: Table, width: str) -> str:
     by_key = " AND ".join(f"r.{k} = g.{k}" for k in keys)
     order = ", ".join(f"s.{k}" for k in keys)
     return (
-        f"WITH g AS (SELECT {cols} FROM {rollup.name} WHERE {_OF_SOURCE} AND bucket = {bucket} "
-        f"AND snapshot_ts = :slot EXCEPT SELECT {cols} FROM {source.name} WHERE snapshot_ts = :slot "
-        f"AND {_OF_SOURCE}), "
+        f"WITH g AS (SELECT {cols} FROM {_of_source(rollup.name, f'bucket = {bucket} AND snapshot_ts = :slot')} "
+        f"AS h EXCEPT SELECT {cols} FROM {_of_source(source.name, 'snapshot_ts = :slot')} AS s), "
         f"gone AS (DELETE FROM {rollup.name} r USING g WHERE {by_key} AND r.bucket = {bucket} RETURNING r.*) "
         f"{_insert_head(rollup)} SELECT DISTINCT ON ({order}) {_select_list(rollup, width)} "
         f"FROM {source.name} s JOIN gone g ON {by_key.replace('r.', 's.')} "
@@ -124,7 +126,15 @@ def upsert_slot_sql(snapshot_tables: Collection[str]) -> str | None:
 
 
 _FINE = frozenset(fine.name for _, fine, _ in ROLLUPS)
-_upsert_slot_sql = functools.cache(upsert_slot_sql)  # by the set of tables: a few variants
+
+
+@functools.cache  # by the set of tables: a few variants
+def _upsert_slot_driver_sql(snapshot_tables: frozenset[str]) -> str | None:
+    """`upsert_slot_sql` with psycopg's placeholders: run on the driver's cursor, once per
+    load, it skips SQLAlchemy's parsing and compiling of a text() (measured: 3 % of the
+    poller's CPU, as much as the statement's own round trip on a small load)."""
+    sql = upsert_slot_sql(snapshot_tables)
+    return sql and sql.replace(":slot", "%(slot)s").replace(":source", "%(source)s")
 
 
 def upsert_slot(
@@ -144,9 +154,10 @@ def upsert_slot(
     upsert itself, for nothing.
     """
     params = {"slot": slot, "source": source}
-    sql = _upsert_slot_sql(frozenset(_FINE if changed is None else changed))
+    sql = _upsert_slot_driver_sql(frozenset(_FINE if changed is None else changed))
     if sql is not None:
-        conn.execute(text(sql), params)
+        with driver_cursor(conn) as cur:
+            cur.execute(sql, params)
     for rollup, fine, width in ROLLUPS:
         if fine.name in shrunk:
             conn.execute(text(vanished_sql(rollup, fine, width)), params)

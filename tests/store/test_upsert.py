@@ -7,13 +7,15 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import text
 
 from etl.errors import NormalizeError
 from etl.records import AccountRef, BalanceRow, Batch, PositionRow
-from etl.store import upsert
+from etl.store import rollups, upsert
 from etl.store.load import LoadResult, load_slot
 from etl.store.schema import account_snapshots, balance_snapshots, position_snapshots
 from tests.helpers import rows
+from tests.store import builders
 
 SLOT = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -26,10 +28,12 @@ def test_copy_sql_names_the_columns_and_the_null_marker():
 
 def test_held_sql_asks_each_table_for_a_row_of_the_source_at_the_slot():
     assert upsert.held_sql([balance_snapshots, position_snapshots]) == (
-        "SELECT EXISTS (SELECT 1 FROM balance_snapshots WHERE snapshot_ts = %(slot)s AND "
-        "account_id IN (SELECT id FROM accounts WHERE source = %(source)s)), "
-        "EXISTS (SELECT 1 FROM position_snapshots WHERE snapshot_ts = %(slot)s AND "
-        "account_id IN (SELECT id FROM accounts WHERE source = %(source)s))"
+        "SELECT EXISTS (SELECT 1 FROM (SELECT id FROM accounts WHERE source = %(source)s) AS of_source "
+        "CROSS JOIN LATERAL (SELECT 1 FROM balance_snapshots WHERE account_id = of_source.id "
+        "AND snapshot_ts = %(slot)s OFFSET 0) AS s), "
+        "EXISTS (SELECT 1 FROM (SELECT id FROM accounts WHERE source = %(source)s) AS of_source "
+        "CROSS JOIN LATERAL (SELECT 1 FROM position_snapshots WHERE account_id = of_source.id "
+        "AND snapshot_ts = %(slot)s OFFSET 0) AS s)"
     )
 
 
@@ -47,8 +51,9 @@ def test_upsert_sql_compares_values_but_not_run_id_or_fetched_at():
 
 def test_vanished_rows_are_a_set_difference_deleted_by_key():
     assert upsert.vanished_sql(position_snapshots) == (
-        "SELECT account_id, account_type, symbol, side FROM position_snapshots WHERE snapshot_ts = %(slot)s "
-        "AND account_id IN (SELECT id FROM accounts WHERE source = %(source)s) "
+        "SELECT account_id, account_type, symbol, side FROM (SELECT id FROM accounts WHERE source = "
+        "%(source)s) AS of_source CROSS JOIN LATERAL (SELECT * FROM position_snapshots WHERE "
+        "account_id = of_source.id AND snapshot_ts = %(slot)s OFFSET 0) AS s "
         "EXCEPT SELECT account_id, account_type, symbol, side FROM stage_position_snapshots"
     )
     assert upsert.delete_key_sql(position_snapshots) == (
@@ -153,3 +158,30 @@ def test_a_row_of_an_unlisted_account_is_refused(engine):
     stray = (*balances(2), replace(balances(1)[0], account="other"))
     with pytest.raises(NormalizeError, match="row for account 'other' that the batch does not list"):
         load(engine, stray)
+
+
+def _rows_read(plan: dict, table: str) -> int:
+    """Rows the plan's scans of `table` (or its partitions) returned, over all their loops."""
+    own = 0
+    if plan.get("Relation Name", "").startswith(table):
+        own = plan["Actual Rows"] * plan["Actual Loops"]
+    return own + sum(_rows_read(p, table) for p in plan.get("Plans", []))
+
+
+def test_a_loads_own_statements_read_only_its_sources_rows_of_the_slot(engine):
+    """Many sources polled at one slot: each load's held check and rollup upsert probe their
+    own accounts' rows. (Reading the whole slot instead, as the planner chose for an
+    `IN (SELECT ... source)` it had no statistics for, is quadratic in the sources.)"""
+    for n in range(40):
+        builders.load(engine, f"s{n:02d}", SLOT, {f"s{n:02d}-a{i}": "1" for i in range(3)})
+    held = upsert.held_sql([balance_snapshots]).replace("%(slot)s", ":slot").replace("%(source)s", ":source")
+    # the held check stops at the first row; the rollups read the 3 rows once per rollup
+    statements = {held: range(1, 4), rollups.upsert_slot_sql(["balance_snapshots"]): [2 * 3]}
+    with engine.connect() as conn:
+        conn.execute(text("ANALYZE"))  # the statistics now say: 120 rows at SLOT
+        for sql, expected in statements.items():
+            (plan,) = conn.execute(
+                text(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}"), {"slot": SLOT, "source": "s07"}
+            ).scalar_one()
+            assert _rows_read(plan["Plan"], "balance_snapshots") in expected, sql
+        conn.rollback()
