@@ -85,12 +85,17 @@ class PositionRow:
 
 @dataclass(frozen=True, slots=True)
 class RawResponse:
-    """One venue response as received (parsed with Decimals; never holds a secret)."""
+    """One venue response as received (parsed with Decimals; never holds a secret).
+
+    `text` is the body exactly as the venue sent it, when known: what `raw_payloads`
+    stores, so the loader does not re-encode what the wire already gave as JSON text.
+    """
 
     endpoint: str
     http_status: int
     body: Json
     fetched_at: datetime
+    text: str | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,7 +106,7 @@ def _stored(
     )
     for key, group in itertools.groupby(result, key=lambda r: (r[0], r[1].astimezone(UTC))):
         # bodies as text, parsed exactly: psycopg's own jsonb parsing would go through float
-        yield key, [RawResponse(r[2], r[3], exactjson.loads(r[4]), r[5]) for r in group]
+        yield key, [RawResponse(r[2], r[3], exactjson.loads(r[4]), r[5], text=r[4]) for r in group]
 
 
 def _replay_one(

@@ -219,7 +219,11 @@ def upsert_snapshots(
 def write_raw(
     cur: psycopg.Cursor[Any], source: str, slot: datetime, responses: Sequence[RawResponse]
 ) -> None:
-    """The raw bodies, under the id of the slot's run row (written before, in this transaction)."""
+    """The raw bodies, under the id of the slot's run row (written before, in this transaction).
+
+    A body is sent as the venue's own text when the response kept it: jsonb parses it to
+    the same value (numbers as numeric, exact), and re-encoding a large body in Python
+    cost more poller CPU than anything else of the raw payloads (measured: 4 % of it)."""
     # One statement per body, not one with arrays: psycopg escapes a text array element by
     # element in Python, which for JSON bodies cost more than the round trips it saved.
     cur.executemany(
@@ -238,7 +242,7 @@ def write_raw(
                 "slot": slot,
                 "fetched": r.fetched_at,
                 "status": r.http_status,
-                "body": exactjson.dumps(r.body),
+                "body": r.text if r.text is not None else exactjson.dumps(r.body),
             }
             for r in responses
         ],

@@ -11,6 +11,7 @@ The httpx client is shared (connection pooling); tests pass one built on
 
 from __future__ import annotations
 
+import codecs
 import re
 import time
 from collections.abc import Callable
@@ -43,6 +44,17 @@ def snippet(body: bytes, limit: int = 120) -> str:
     text = re.sub(r"<[^>]*>", " ", text)
     text = " ".join(text.split())
     return text[:limit] + ("…" if len(text) > limit else "") if text else "(empty body)"
+
+
+def json_text(body: bytes) -> str | None:
+    """A JSON body as text PostgreSQL's jsonb takes as is (UTF-8, no byte-order mark), or
+    None: the loader then writes the parsed body, re-encoded."""
+    if body.startswith(codecs.BOM_UTF8):
+        return None
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
@@ -163,6 +175,12 @@ class VenueClient:
             ) from None
         if status >= 400:
             raise VenueError(f"{where}: HTTP {status}: {snippet(response.content)}")
-        raw = RawResponse(endpoint=endpoint, http_status=status, body=body, fetched_at=fetched_at)
+        raw = RawResponse(
+            endpoint=endpoint,
+            http_status=status,
+            body=body,
+            fetched_at=fetched_at,
+            text=json_text(response.content),
+        )
         self.received.append(raw)
         return raw

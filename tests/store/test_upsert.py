@@ -9,8 +9,9 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import text
 
+from etl import exactjson
 from etl.errors import NormalizeError
-from etl.records import AccountRef, BalanceRow, Batch, PositionRow
+from etl.records import AccountRef, BalanceRow, Batch, PositionRow, RawResponse
 from etl.store import rollups, upsert
 from etl.store.load import LoadResult, load_slot
 from etl.store.schema import account_snapshots, balance_snapshots, position_snapshots
@@ -158,6 +159,27 @@ def test_a_row_of_an_unlisted_account_is_refused(engine):
     stray = (*balances(2), replace(balances(1)[0], account="other"))
     with pytest.raises(NormalizeError, match="row for account 'other' that the batch does not list"):
         load(engine, stray)
+
+
+def test_raw_bodies_are_stored_from_the_venues_text_or_re_encoded_to_the_same_jsonb(engine):
+    text = '{"code": 0, "data": {"balance": 12282.880026806747436390450, "tiny": 1E-30, "name": "Ünïcode"}}'
+    sent = RawResponse("/as-sent", 200, exactjson.loads(text), SLOT, text=text)
+    parsed = RawResponse("/re-encoded", 200, exactjson.loads(text), SLOT)
+    builders.load(engine, "raw", SLOT, {"a": "1"}, responses=(sent, parsed))
+    stored = dict(rows(engine, "SELECT endpoint, body FROM raw_payloads WHERE source = 'raw'"))
+    assert stored["/as-sent"] == stored["/re-encoded"]
+    (digits,) = rows(
+        engine,
+        "SELECT body->'data'->>'balance', body->'data'->>'tiny' FROM raw_payloads WHERE endpoint = '/as-sent'",
+    )
+    assert digits == ("12282.880026806747436390450", "0.000000000000000000000000000001")
+    # an unchanged re-run rewrites no raw row, whichever way the body was sent
+    before = rows(engine, "SELECT endpoint, xmin::text FROM raw_payloads WHERE source = 'raw' ORDER BY 1")
+    builders.load(engine, "raw", SLOT, {"a": "1"}, responses=(sent, parsed))
+    assert (
+        rows(engine, "SELECT endpoint, xmin::text FROM raw_payloads WHERE source = 'raw' ORDER BY 1")
+        == before
+    )
 
 
 def _rows_read(plan: dict, table: str) -> int:
