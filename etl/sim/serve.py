@@ -8,11 +8,21 @@ import time
 import uvicorn
 from starlette.types import ASGIApp
 
+KEEP_ALIVE = 75  # seconds
+
 
 class SimServer:
     def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0):
         config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", lifespan="off", access_log=False
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            # as a venue behind nginx (its default): idle connections live 75 s, not
+            # uvicorn's 5 s, so a client polling every minute can keep its connection
+            timeout_keep_alive=KEEP_ALIVE,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="sim-server")
