@@ -478,7 +478,7 @@ def rollup(
     ] = None,
     until: Annotated[str | None, typer.Option(help="Up to this time (default: the newest).")] = None,
 ) -> None:
-    """Rebuild the hourly and daily rollups of a range (after a replay or a manual fix)."""
+    """Rebuild the closed hourly and daily rollup buckets of a range (after a replay or a manual fix)."""
     from etl.store.rollups import rebuild as rebuild_rollups
 
     if not rebuild:
@@ -494,7 +494,7 @@ def rollup(
             soft_wrap=True,
         )
     if not done:
-        out.print("nothing to rebuild: no snapshot rows in that range")
+        out.print("nothing to rebuild: no closed bucket with snapshot rows in that range")
 
 
 def main() -> None:

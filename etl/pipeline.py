@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from etl.config import Settings, SourceConfig
 from etl.errors import EtlError, StoreError
 from etl.records import Batch, RawResponse
+from etl.store import rollups
 from etl.store.load import load_slot, lock_slot, record_failure
 from etl.venues import venue
 from etl.venues.http import VenueClient
@@ -124,6 +125,7 @@ def store(engine: Engine, polled: Polled, *, keep_loaded: bool = False) -> RunRe
     """
     source = polled.source
     t0 = time.perf_counter()
+    closes = None
     try:
         with engine.begin() as conn:
             if keep_loaded and lock_slot(conn, source.name, polled.slot) == "ok":
@@ -147,7 +149,7 @@ def store(engine: Engine, polled: Polled, *, keep_loaded: bool = False) -> RunRe
                     started_at=polled.started_at,
                     attempts=polled.attempts,
                 )
-                written = result.written
+                written, closes = result.written, result.closes
             else:
                 record_failure(
                     conn,
@@ -175,6 +177,8 @@ def store(engine: Engine, polled: Polled, *, keep_loaded: bool = False) -> RunRe
         raise StoreError(f"{source.name}: database: {_first_line(err)}", transient=transient) from None
     except SQLAlchemyError as err:
         raise StoreError(f"{source.name}: database: {_first_line(err)}") from None
+    if closes is not None:
+        _close_rollups(engine, source.name, closes)
     return RunResult(
         source=source.name,
         venue=source.venue,
@@ -186,6 +190,17 @@ def store(engine: Engine, polled: Polled, *, keep_loaded: bool = False) -> RunRe
         attempts=polled.attempts,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _close_rollups(engine: Engine, source: str, until: datetime) -> None:
+    """The first load of a new hour closes the rollup buckets before it (its own
+    transaction, after the load's commit). The slot is stored either way: a failure here
+    only leaves the buckets open, which the views still compute, and the next load of a
+    later hour closes them."""
+    try:
+        rollups.close(engine, until)
+    except (SQLAlchemyError, psycopg.Error) as err:
+        log.warning("%s: rollup buckets before %s left open: %s", source, until.isoformat(), _first_line(err))
 
 
 def _first_line(err: BaseException) -> str:

@@ -3,8 +3,11 @@
 `load_slot` writes, in order: the run record (its id goes on every row), the accounts
 (upserted; ids looked up) and the raw payloads, all in one round trip (pipeline mode),
 then the three snapshot tables (a fresh slot: one COPY; a re-load: staged COPY + guarded
-upsert + delete of rows that vanished from this slot; see `etl.store.upsert`), and the
-hourly/daily rollups (after creating the slot's monthly partitions if needed). The caller owns the
+upsert + delete of rows that vanished from this slot; see `etl.store.upsert`), after
+creating the slot's monthly partitions if needed. A slot in an open rollup bucket (the
+usual case) writes no rollup row: the rollup views compute open buckets; a slot in a
+closed bucket upserts it (`etl.store.rollups`). `LoadResult.closes` tells the caller
+when, after the commit, older buckets can be closed. The caller owns the
 transaction (`with engine.begin() as conn: load_slot(conn, ...)`): a slot loads whole
 or not at all. `record_failure` writes the run record of a failed poll, with the raw
 bodies that were received (to replay once the normalizer is fixed), and no snapshot row.
@@ -50,6 +53,9 @@ class LoadResult:
     run_id: int
     written: dict[str, int]  # rows inserted or changed per table (0 on an unchanged re-run)
     deleted: dict[str, int]
+    # the slot's hour when it is later than the open rollup buckets: once this load has
+    # committed, `rollups.close(engine, closes)` closes the buckets before it
+    closes: datetime | None = None
 
 
 def upsert_run(
@@ -261,13 +267,15 @@ def load_slot(
     attempts: int,
 ) -> LoadResult:
     fetched_at = min((r.fetched_at for r in responses), default=started_at)
-    partitions.ensure(conn, [slot])
     with (
         driver_cursor(conn) as cur,
         driver_cursor(conn) as run,
         driver_cursor(conn) as accounts,
         driver_cursor(conn) as raw,
+        driver_cursor(conn) as marks,
     ):
+        rollups.share_lock(cur)  # first: before any lock that a close could wait on
+        partitions.ensure(conn, [slot])
         # What comes before the snapshots goes in one pipeline: sent together, one round
         # trip, run by the server in this order, each statement seeing the ones before.
         with cur.connection.pipeline():
@@ -285,7 +293,8 @@ def load_slot(
             ids_of = upsert_accounts(accounts, source, venue, slot, batch)
             held_of = _held(cur, source, slot)
             write_raw(raw, source, slot, responses)
-        run_id, ids, held = run_id_of(), ids_of(), held_of()
+            closed_until_of = rollups.watermarks(marks)
+        run_id, ids, held, closed_until = run_id_of(), ids_of(), held_of(), closed_until_of()
         assert run_id is not None
         written, deleted = {}, {}
         for table, layout, attr in _LOADED:
@@ -306,10 +315,17 @@ def load_slot(
         conn,
         source,
         slot,
+        closed_until,
         changed=[name for name in written if written[name] or deleted[name]],
         shrunk=[name for name, n in deleted.items() if n],
     )
-    return LoadResult(run_id=run_id, written=written, deleted=deleted)
+    hour = rollups.floor(slot, "hour")
+    return LoadResult(
+        run_id=run_id,
+        written=written,
+        deleted=deleted,
+        closes=hour if hour > closed_until["hour"] else None,
+    )
 
 
 def record_failure(

@@ -76,6 +76,11 @@ VIEWS = {
     "portfolio_equity",
     "portfolio_equity_hourly",
     "portfolio_equity_daily",
+    # the rollups: closed buckets in <name>_closed tables, open ones computed (0004)
+    "balances_hourly",
+    "balances_daily",
+    "account_equity_hourly",
+    "account_equity_daily",
 }
 
 

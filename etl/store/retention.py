@@ -18,7 +18,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
 from etl.errors import StoreError
-from etl.store import partitions
+from etl.store import partitions, rollups
 
 # Dropping a partition locks its parent exclusively: behind a long report that would
 # queue every load too, so give up after a while and let the next prune do it.
@@ -56,6 +56,10 @@ def prune(engine: Engine, older_than: timedelta, now: datetime | None = None) ->
     """Drop the fine-grained months that end at or before `now - older_than`."""
     started = time.perf_counter()
     horizon = (now or datetime.now(UTC)).astimezone(UTC) - older_than
+    # every bucket of the months to drop must be in the closed rollup tables first: an
+    # open bucket is computed from the very rows about to go (a no-op unless no load has
+    # come since the horizon)
+    rollups.close(engine, horizon)
     dropped: list[Dropped] = []
     for parent in partitions.PARENTS:  # the loader's lock order
         with engine.begin() as conn:

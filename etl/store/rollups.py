@@ -5,10 +5,22 @@ balance row of the last slot in the hour/day that had it; `account_equity_hourly
 `account_equity_daily` the same per (account, account type) for the account totals.
 Their `snapshot_ts` says which slot the values come from.
 
-The loader keeps them current inside the slot's transaction (`upsert_slot`): an upsert
-that only moves forward in time, so re-loading an older slot of the bucket changes
-nothing, and re-running the bucket's latest slot updates it in place. `rebuild`
-recomputes a range from the fine-grained rows (after a replay or a manual fix); it never
+Each is a view (migration 0004) over two parts, split per width at the watermark in
+`rollup_watermarks`:
+
+- closed buckets, in the table `<rollup>_closed`: written once, by `close`, after the
+  first load of a later hour commits (hourly ones from the hour's snapshot rows, daily
+  ones from the day's hourly rows);
+- open buckets, from the watermark on: computed by the view from the snapshot rows, so
+  a load on time writes no rollup row at all. Rewriting every key's hourly and daily
+  row at every slot was half of a fresh load's time (bench/load.py).
+
+A load into a bucket already closed (a late spool drain, a replay) upserts the closed
+rows in its own transaction (`upsert_slot`), moving forward in time only, so re-loading
+an older slot of the bucket changes nothing, and re-running the bucket's latest slot
+updates it in place. Loads hold `LOCK_KEY` shared and a close holds it exclusively: a
+close never misses the rows of a load in flight. `rebuild` recomputes the closed
+buckets of a range from the fine-grained rows (after a replay or a manual fix); it never
 touches buckets older than the oldest partition still held, since retention dropped
 their rows and the rollups are all that is left of them.
 """
@@ -16,10 +28,12 @@ their rows and the rollups are all that is left of them.
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine, Table, text
 
 from etl.store import partitions
@@ -28,6 +42,13 @@ from etl.store.schema import ROLLUPS
 from etl.store.upsert import source_rows
 
 WIDTH = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
+# Loads hold it shared, a close or a rebuild exclusively (etl.store.partitions has 4242002).
+LOCK_KEY = 4242003
+# For the sort of a close: an hour of 1,000 accounts x 50 keys at one-minute slots is 3 M
+# rows; the default 4 MB spilled even 100,000 of them to disk.
+WORK_MEM = "64MB"
+# The watermark of a width with no row in rollup_watermarks: no bucket is closed yet.
+NOTHING_CLOSED = datetime(1, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -110,17 +131,18 @@ def vanished_sql(rollup: Table, source: Table, width: str) -> str:
     )
 
 
-def upsert_slot_sql(snapshot_tables: Collection[str]) -> str | None:
-    """One statement bringing every rollup of `snapshot_tables` up to date with a slot.
+def upsert_slot_sql(snapshot_tables: Collection[str], widths: Collection[str] = tuple(WIDTH)) -> str | None:
+    """One statement bringing the closed rollups of `snapshot_tables` and `widths` up to
+    date with a slot.
 
     The per-rollup upserts go in one statement (data-modifying CTEs, each on its own
-    table): one round trip per load instead of four, which is most of their cost on the
-    many small loads of a polling cycle. None if no rollup summarizes those tables.
+    table): one round trip per load instead of four. None if no rollup summarizes those
+    tables at those widths.
     """
     parts = [
         f"{rollup.name} AS ({upsert_sql(rollup, fine, width)})"
         for rollup, fine, width in ROLLUPS
-        if fine.name in snapshot_tables
+        if fine.name in snapshot_tables and width in widths
     ]
     return f"WITH {', '.join(parts)} SELECT 1" if parts else None
 
@@ -128,56 +150,121 @@ def upsert_slot_sql(snapshot_tables: Collection[str]) -> str | None:
 _FINE = frozenset(fine.name for _, fine, _ in ROLLUPS)
 
 
-@functools.cache  # by the set of tables: a few variants
-def _upsert_slot_driver_sql(snapshot_tables: frozenset[str]) -> str | None:
-    """`upsert_slot_sql` with psycopg's placeholders: run on the driver's cursor, once per
-    load, it skips SQLAlchemy's parsing and compiling of a text() (measured: 3 % of the
-    poller's CPU, as much as the statement's own round trip on a small load)."""
-    sql = upsert_slot_sql(snapshot_tables)
+@functools.cache  # by the sets of tables and widths: a few variants
+def _upsert_slot_driver_sql(snapshot_tables: frozenset[str], widths: frozenset[str]) -> str | None:
+    """`upsert_slot_sql` with psycopg's placeholders: run on the driver's cursor, it skips
+    SQLAlchemy's parsing and compiling of a text() (measured: 3 % of the poller's CPU)."""
+    sql = upsert_slot_sql(snapshot_tables, widths)
     return sql and sql.replace(":slot", "%(slot)s").replace(":source", "%(source)s")
+
+
+def share_lock(cur: psycopg.Cursor[Any]) -> None:
+    """Every load holds this until it commits: a close (exclusive) waits for the loads in
+    flight, so none of their rows can be missing from the buckets it closes, and a load
+    that starts during a close reads the watermarks the close leaves. Taken before any
+    other lock of the load's transaction, so the two can never wait on each other."""
+    cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (LOCK_KEY,))
+
+
+def watermarks(cur: psycopg.Cursor[Any]) -> Callable[[], dict[str, datetime]]:
+    """Per width, the start of the first bucket still open; read when called (in a
+    pipeline, the answer is there once the pipeline is synced)."""
+    cur.execute("SELECT width, closed_until FROM rollup_watermarks")
+    return lambda: {**dict.fromkeys(WIDTH, NOTHING_CLOSED), **{w: t for w, t in cur.fetchall()}}
 
 
 def upsert_slot(
     conn: Connection,
     source: str,
     slot: datetime,
+    closed_until: dict[str, datetime],
     changed: Collection[str] | None = None,
     shrunk: Collection[str] = (),
 ) -> None:
-    """Bring every rollup up to date with the rows just written for `source` at `slot`.
+    """Bring the closed rollups up to date with the rows just written for `source` at `slot`.
 
+    A slot in an open bucket (every load on time) needs nothing: the views compute open
+    buckets from the snapshot rows. A slot in a bucket already closed (a late load, a
+    replay) upserts its rows into the closed tables, moving forward in time only.
     `changed` names the snapshot tables whose rows of this slot this load wrote or
     deleted (default: all): a rollup of a table left as it was already holds what it
-    should, so an unchanged re-run of a slot touches no rollup. `shrunk` names the tables
-    that lost rows of this slot on this load (a re-run without a currency): only their
-    rollups can hold a key that vanished. Checking the others would cost more than the
-    upsert itself, for nothing.
+    should. `shrunk` names the tables that lost rows of this slot on this load (a re-run
+    without a currency): only their rollups can hold a key that vanished.
     """
+    late = frozenset(w for w in WIDTH if floor(slot, w) < closed_until[w])
+    if not late:
+        return
     params = {"slot": slot, "source": source}
-    sql = _upsert_slot_driver_sql(frozenset(_FINE if changed is None else changed))
+    sql = _upsert_slot_driver_sql(frozenset(_FINE if changed is None else changed), late)
     if sql is not None:
         with driver_cursor(conn) as cur:
             cur.execute(sql, params)
     for rollup, fine, width in ROLLUPS:
-        if fine.name in shrunk:
+        if fine.name in shrunk and width in late:
             conn.execute(text(vanished_sql(rollup, fine, width)), params)
 
 
+def close(engine: Engine, until: datetime) -> list[Rebuilt]:
+    """Close every open bucket that ends by `until`'s hour (and day): write it into the
+    closed tables and move the watermarks. Called after the first load of a later hour
+    commits (and by retention before it drops months); idempotent, and a no-op when
+    another process closed them first."""
+    ends = {"hour": floor(until, "hour"), "day": floor(until, "day")}
+    done: list[Rebuilt] = []
+    with engine.begin() as conn:
+        with driver_cursor(conn) as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+            cur.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
+            marks = watermarks(cur)()
+        for width in ("hour", "day"):  # hours first: a day is closed from its hourly rows
+            since, end = marks[width], ends[width]
+            if end <= since:
+                continue
+            for rollup, fine, w in ROLLUPS:
+                if w == width:
+                    sql = rebuild_sql(rollup, _feed(rollup, fine, width), width)
+                    rows = conn.execute(text(sql), {"since": since, "until": end}).rowcount
+                    done.append(Rebuilt(rollup.name, since, end, rows))
+            conn.execute(
+                text(
+                    "INSERT INTO rollup_watermarks (width, closed_until) VALUES (:width, :until) "
+                    "ON CONFLICT (width) DO UPDATE SET closed_until = EXCLUDED.closed_until"
+                ),
+                {"width": width, "until": end},
+            )
+    return done
+
+
+def _feed(rollup: Table, fine: Table, width: str) -> Table:
+    """What a bucket is computed from: hourly ones from the snapshots, daily ones from the
+    (closed) hourly rows of the day, 1/60 of the rows at one-minute slots."""
+    if width == "hour":
+        return fine
+    return next(r for r, f, w in ROLLUPS if f is fine and w == "hour")
+
+
 def rebuild_sql(rollup: Table, source: Table, width: str) -> str:
-    """Recompute [since, until) of a rollup from `source` (a snapshot table or a finer rollup)."""
+    """[since, until) of a rollup, from `source` (a snapshot table or a finer rollup), into
+    buckets that hold no row (a close: past the watermark; a rebuild: just deleted).
+
+    The range is read on its own (`OFFSET 0`) and then sorted: planned together with the
+    ORDER BY, PostgreSQL walked the whole month's primary key in key order to skip the
+    sort (measured: every row of the month read to close one hour). A plain INSERT: with
+    no row in those buckets nothing can conflict, and ON CONFLICT's speculative insertion
+    cost a third of the statement."""
     keys = ", ".join(("account_id", *_keys(rollup)))
     # a rollup feed is indexed by bucket (its hours lie inside the day being rebuilt);
     # a snapshot table is partitioned by slot
     time = "bucket" if "bucket" in source.columns else "snapshot_ts"
     return (
         f"{_insert_head(rollup)} SELECT DISTINCT ON ({keys}, {_bucket(width)}) "
-        f"{_select_list(rollup, width, alias=source.name)} FROM {source.name} "
-        f"WHERE {time} >= :since AND {time} < :until "
-        f"ORDER BY {keys}, {_bucket(width)}, snapshot_ts DESC {_forward_only(rollup)}"
+        f"{_select_list(rollup, width, alias=source.name)} FROM "
+        f"(SELECT * FROM {source.name} WHERE {time} >= :since AND {time} < :until OFFSET 0) AS {source.name} "
+        f"ORDER BY {keys}, {_bucket(width)}, snapshot_ts DESC"
     )
 
 
-def _floor(moment: datetime, width: str) -> datetime:
+def floor(moment: datetime, width: str) -> datetime:
     moment = moment.astimezone(UTC)
     if width == "hour":
         return moment.replace(minute=0, second=0, microsecond=0)
@@ -185,37 +272,40 @@ def _floor(moment: datetime, width: str) -> datetime:
 
 
 def _ceil(moment: datetime, width: str) -> datetime:
-    floor = _floor(moment, width)
-    return floor if floor == moment else floor + WIDTH[width]
+    start = floor(moment, width)
+    return start if start == moment else start + WIDTH[width]
 
 
 def rebuild(engine: Engine, since: datetime | None = None, until: datetime | None = None) -> list[Rebuilt]:
-    """Recompute the rollups of [since, until) (default: everything the partitions hold).
+    """Recompute the closed buckets of [since, until) (default: everything the partitions hold).
 
     Hourly rollups come from the snapshot tables, only over months still partitioned;
-    daily ones from the hourly rollups, over whole days. One transaction per rollup and
-    month, so a rebuild of years neither holds one huge transaction nor locks out loads.
+    daily ones from the hourly rollups, over whole days. Open buckets are left alone: the
+    views compute them from the snapshot rows, which are already right. One transaction
+    per rollup and month, so a rebuild of years neither holds one huge transaction nor
+    locks out loads for long.
     """
     with engine.connect() as conn:
         held = partitions.list_partitions(conn)
+        with driver_cursor(conn) as cur:
+            # read once: a watermark only moves forward, and what a close passes it wrote itself
+            marks = watermarks(cur)()
     done: list[Rebuilt] = []
-    hourly = {r.name: r for r, _, w in ROLLUPS if w == "hour"}
     for rollup, source, width in sorted(ROLLUPS, key=lambda r: r[2] != "hour"):
         months = [p for p in held if p.parent == source.name]
         if width == "hour":
             if not months:
                 continue
-            start = max(_floor(since, width), months[0].lower) if since else months[0].lower
+            start = max(floor(since, width), months[0].lower) if since else months[0].lower
             end = min(_ceil(until, width), months[-1].upper) if until else months[-1].upper
-            feed = source
         else:
-            feed = hourly[rollup.name.replace("_daily", "_hourly")]
-            done_hourly = [d for d in done if d.table == feed.name]
+            done_hourly = [d for d in done if d.table == _feed(rollup, source, width).name]
             if not done_hourly:
                 continue
-            start = _floor(min(d.since for d in done_hourly), width)
+            start = floor(min(d.since for d in done_hourly), width)
             end = _ceil(max(d.until for d in done_hourly), width)
-        done += _rebuild_range(engine, rollup, feed, width, start, end)
+        end = min(end, marks[width])
+        done += _rebuild_range(engine, rollup, _feed(rollup, source, width), width, start, end)
     return done
 
 
@@ -228,6 +318,9 @@ def _rebuild_range(
         if lo >= hi:
             continue
         with engine.begin() as conn:
+            # no load may upsert a closed bucket of the range while it is rewritten
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
+            conn.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
             conn.execute(
                 text(f"DELETE FROM {rollup.name} WHERE bucket >= :since AND bucket < :until"),
                 {"since": lo, "until": hi},

@@ -1,4 +1,4 @@
-"""Revision 0002 converts data both ways, and the drift check ignores partitions on purpose only."""
+"""Revisions 0002 and 0004 convert data both ways, and the drift check ignores partitions on purpose only."""
 
 from __future__ import annotations
 
@@ -61,3 +61,30 @@ def test_0002_moves_existing_rows_into_partitions_and_back(scratch):
     assert rows(scratch, "SELECT count(*) FROM position_snapshots")[0][0] == 1
     assert rows(scratch, "SELECT id, body::text FROM raw_payloads") == [(1, '{"n": 1.10}')]
     assert rows(scratch, "SELECT total_equity FROM portfolio_equity ORDER BY slot") == [(10,), (12,)]
+
+
+def test_0004_keeps_what_the_rollups_held_and_gives_it_back(scratch):
+    migrate.upgrade(scratch, "0001")
+    with scratch.begin() as conn:
+        conn.exec_driver_sql(SEED_0001)
+    migrate.upgrade(scratch, "0003")  # rollups kept by the loader, every bucket a row
+    rollups = ("balances_hourly", "balances_daily", "account_equity_hourly", "account_equity_daily")
+    kept = {r: rows(scratch, f"SELECT * FROM {r} ORDER BY 1, 2, 3") for r in rollups}
+    migrate.upgrade(scratch)
+    # the buckets of the newest slot are open (computed), the older ones stay rows
+    assert rows(scratch, "SELECT width, closed_until FROM rollup_watermarks ORDER BY 1") == [
+        ("day", at("2026-02-01T00:00:00")),
+        ("hour", at("2026-02-01T01:00:00")),
+    ]
+    assert rows(scratch, "SELECT bucket FROM account_equity_hourly_closed") == [(at("2026-01-31T23:00:00"),)]
+    assert {r: rows(scratch, f"SELECT * FROM {r} ORDER BY 1, 2, 3") for r in rollups} == kept
+    assert rows(scratch, "SELECT bucket, total_equity FROM portfolio_equity_daily ORDER BY 1") == [
+        (at("2026-01-31T00:00:00"), 10),
+        (at("2026-02-01T00:00:00"), 12),
+    ]
+    assert migrate.drift(scratch) == []
+
+    migrate.downgrade(scratch, "0003")
+    assert rows(scratch, "SELECT relkind FROM pg_class WHERE relname = 'balances_hourly'") == [("r",)]
+    assert {r: rows(scratch, f"SELECT * FROM {r} ORDER BY 1, 2, 3") for r in rollups} == kept
+    assert rows(scratch, "SELECT count(*) FROM portfolio_equity_hourly") == [(2,)]

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from etl.errors import StoreError
 from etl.records import RawResponse
-from etl.store import partitions, retention
+from etl.store import partitions, retention, rollups
 from tests.helpers import rows
 from tests.store.builders import at, load
 
@@ -92,12 +92,13 @@ def test_etl_rollup_rebuild_recomputes_and_needs_its_flag(engine, database_url, 
     from etl.cli import app
 
     load(engine, "s", at("2026-03-01T10:00:00"), {"s": "5"})
+    rollups.close(engine, at("2026-03-02T00:00:00"))
     with engine.begin() as conn:
-        conn.execute(text("UPDATE account_equity_daily SET equity = 0"))
+        conn.execute(text("UPDATE account_equity_daily_closed SET equity = 0"))
     monkeypatch.setenv("ETL_DATABASE_URL", database_url)
     result = CliRunner().invoke(app, ["rollup", "--rebuild", "--since", "2026-03-01T00:00:00Z"])
     assert result.exit_code == 0, result.output
-    assert "account_equity_daily: 1 rows" in result.output
+    assert "account_equity_daily_closed: 1 rows" in result.output
     assert rows(engine, "SELECT equity FROM account_equity_daily") == [(5,)]
     missing = CliRunner().invoke(app, ["rollup"])
     assert missing.exit_code == 2 and "needs --rebuild" in missing.output
