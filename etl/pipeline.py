@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from etl.venues import venue
 from etl.venues.http import VenueClient
 
 log = logging.getLogger(__name__)
+_closing = threading.Lock()  # one close of rollup buckets at a time per process
 
 
 @dataclass(frozen=True)
@@ -197,10 +199,14 @@ def _close_rollups(engine: Engine, source: str, until: datetime) -> None:
     transaction, after the load's commit). The slot is stored either way: a failure here
     only leaves the buckets open, which the views still compute, and the next load of a
     later hour closes them."""
+    if not _closing.acquire(blocking=False):
+        return  # another source's load in this process is closing them already
     try:
         rollups.close(engine, until)
     except (SQLAlchemyError, psycopg.Error) as err:
         log.warning("%s: rollup buckets before %s left open: %s", source, until.isoformat(), _first_line(err))
+    finally:
+        _closing.release()
 
 
 def _first_line(err: BaseException) -> str:

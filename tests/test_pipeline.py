@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -200,3 +201,14 @@ def test_a_number_postgresql_cannot_hold_is_the_sources_error_not_a_crash(engine
     assert results["good"].status == "ok"
     assert rows(engine, "SELECT status FROM ingestion_runs WHERE source = 'bad'") == [("error",)]
     assert count(engine, "accounts") == 1
+
+
+def test_the_first_load_of_a_new_hour_closes_the_rollup_buckets_before_it(engine, two_sources):
+    settings, _, _ = two_sources
+    first, second = datetime(2026, 3, 1, 10, 30, tzinfo=UTC), datetime(2026, 3, 1, 11, 0, tzinfo=UTC)
+    run(engine, settings, first)
+    assert count(engine, "account_equity_hourly_closed") == 0  # its hour is open
+    hourly = rows(engine, "SELECT * FROM account_equity_hourly ORDER BY 1, 2, 3")
+    run(engine, settings, second)
+    assert rows(engine, "SELECT closed_until FROM rollup_watermarks WHERE width = 'hour'") == [(second,)]
+    assert rows(engine, "SELECT * FROM account_equity_hourly_closed ORDER BY 1, 2, 3") == hourly
