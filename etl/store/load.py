@@ -2,8 +2,8 @@
 
 `load_slot` writes, in order: the run record (its id goes on every row), the accounts
 (upserted; ids looked up) and the raw payloads, all in one round trip (pipeline mode),
-then the three snapshot tables (a fresh slot: one COPY; a re-load: staged COPY + guarded
-upsert + delete of rows that vanished from this slot; see `etl.store.upsert`), after
+then the three snapshot tables (a fresh slot: one COPY; a re-load: staged COPY compared
+with the slot, only new, changed and vanished rows written; see `etl.store.upsert`), after
 creating the slot's monthly partitions if needed. A slot in an open rollup bucket (the
 usual case) writes no rollup row: the rollup views compute open buckets; a slot in a
 closed bucket upserts it (`etl.store.rollups`). `LoadResult.closes` tells the caller
@@ -210,16 +210,16 @@ def upsert_snapshots(
             _copy(cur, month, layout, records, ids, tail)
         return len(records), 0
     cur.execute(upsert.create_stage_sql(table))
-    written = 0
     if records:
         _copy(cur, upsert.stage_name(table), layout, records, ids, tail)
-        cur.execute(upsert.upsert_sql(table, [*layout.columns, *_TAIL]))
-        written = cur.rowcount
-    cur.execute(upsert.vanished_sql(table), {"slot": slot, "source": source})
-    vanished = [(slot, *key) for key in cur.fetchall()]
+    cur.execute(upsert.reload_sql(table, [*layout.columns, *_TAIL]), {"slot": slot, "source": source})
+    reply = cur.fetchone()
+    assert reply is not None
+    written, *gone = reply
+    vanished = [(slot, *key) for key in zip(*gone, strict=True)] if gone[0] else []
     if vanished:
         cur.executemany(upsert.delete_key_sql(table), vanished)
-    return written, len(vanished)
+    return int(written), len(vanished)
 
 
 def write_raw(

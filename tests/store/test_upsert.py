@@ -38,25 +38,28 @@ def test_held_sql_asks_each_table_for_a_row_of_the_source_at_the_slot():
     )
 
 
-def test_upsert_sql_compares_values_but_not_run_id_or_fetched_at():
-    sql = upsert.upsert_sql(
+def test_a_reload_compares_values_but_not_run_id_or_fetched_at_and_writes_only_what_differs():
+    sql = upsert.reload_sql(
         account_snapshots, ["account_id", "account_type", "snapshot_ts", "equity", "run_id"]
     )
     assert sql == (
-        "INSERT INTO account_snapshots AS t (account_id, account_type, snapshot_ts, equity, run_id) "
-        "SELECT account_id, account_type, snapshot_ts, equity, run_id FROM stage_account_snapshots "
-        "ON CONFLICT (account_id, account_type, snapshot_ts) DO UPDATE SET equity = EXCLUDED.equity, "
-        "run_id = EXCLUDED.run_id WHERE (t.equity) IS DISTINCT FROM (EXCLUDED.equity)"
+        "WITH diff AS MATERIALIZED (SELECT n.account_id, n.account_type, n.snapshot_ts, n.equity, "
+        "n.run_id, o.account_id AS gone_account_id, o.account_type AS gone_account_type "
+        "FROM stage_account_snapshots AS n FULL JOIN ((SELECT id FROM accounts WHERE source = "
+        "%(source)s) AS of_source CROSS JOIN LATERAL (SELECT * FROM account_snapshots WHERE "
+        "account_id = of_source.id AND snapshot_ts = %(slot)s OFFSET 0) AS o) "
+        "ON n.account_id = o.account_id AND n.account_type = o.account_type "
+        "WHERE n.account_id IS NULL OR o.account_id IS NULL OR (n.equity) IS DISTINCT FROM (o.equity)), "
+        "written AS (INSERT INTO account_snapshots AS t (account_id, account_type, snapshot_ts, equity, "
+        "run_id) SELECT account_id, account_type, snapshot_ts, equity, run_id FROM diff "
+        "WHERE account_id IS NOT NULL ON CONFLICT (account_id, account_type, snapshot_ts) "
+        "DO UPDATE SET equity = EXCLUDED.equity, run_id = EXCLUDED.run_id RETURNING 1) "
+        "SELECT (SELECT count(*) FROM written), array_agg(gone_account_id), "
+        "array_agg(gone_account_type) FROM diff WHERE account_id IS NULL"
     )
 
 
-def test_vanished_rows_are_a_set_difference_deleted_by_key():
-    assert upsert.vanished_sql(position_snapshots) == (
-        "SELECT account_id, account_type, symbol, side FROM (SELECT id FROM accounts WHERE source = "
-        "%(source)s) AS of_source CROSS JOIN LATERAL (SELECT * FROM position_snapshots WHERE "
-        "account_id = of_source.id AND snapshot_ts = %(slot)s OFFSET 0) AS s "
-        "EXCEPT SELECT account_id, account_type, symbol, side FROM stage_position_snapshots"
-    )
+def test_vanished_rows_are_deleted_by_key():
     assert upsert.delete_key_sql(position_snapshots) == (
         "DELETE FROM position_snapshots WHERE snapshot_ts = %s AND account_id = %s "
         "AND account_type = %s AND symbol = %s AND side = %s"
@@ -125,6 +128,42 @@ def test_a_rerun_updates_changed_rows_and_deletes_vanished_ones(engine):
     assert [tuple(r) for r in got][-1] == ("C007", "99.000")
     assert len(got) == 8
     assert [r[0] for r in rows(engine, "SELECT symbol FROM position_snapshots")] == ["BTC"]
+
+
+@pytest.mark.db
+def test_an_unchanged_rerun_neither_rewrites_nor_locks_a_row(engine):
+    """The comparison only reads the slot: no row gets a new version, and none is locked
+    either (an ON CONFLICT over every row would leave each one's xmax set)."""
+    load(engine, balances(50), positions("BTC"))
+    tuples = "SELECT currency, xmin::text, xmax::text FROM balance_snapshots ORDER BY currency"
+    before = rows(engine, tuples)
+    assert {r[2] for r in before} == {"0"}
+    load(engine, balances(50), positions("BTC"))
+    assert rows(engine, tuples) == before
+
+
+@pytest.mark.db
+def test_a_rerun_writes_exactly_the_changed_and_new_rows(engine):
+    load(engine, balances(10))
+    before = versions(engine, "balance_snapshots")
+    again = list(balances(11))  # C010 is new
+    again[3] = replace(again[3], total=Decimal("-3.5"))
+    again[8] = replace(again[8], extra={"i": 8, "network": "TRC20"})  # only the JSON differs
+    result = load(engine, tuple(again))
+    assert result.written["balance_snapshots"] == 3 and result.deleted["balance_snapshots"] == 0
+    after = versions(engine, "balance_snapshots")
+    assert {c for c in after if after[c] != before.get(c)} == {"C003", "C008", "C010"}
+    got = dict(rows(engine, "SELECT currency, total::text FROM balance_snapshots"))
+    assert got["C003"] == "-3.5" and got["C010"] == "10.25" and len(got) == 11
+
+
+@pytest.mark.db
+def test_a_rerun_without_any_row_of_a_table_deletes_all_of_them(engine):
+    load(engine, balances(3), positions("BTC", "ETH", "SOL"))
+    result = load(engine, balances(3))
+    assert result.deleted == {"balance_snapshots": 0, "account_snapshots": 0, "position_snapshots": 3}
+    assert result.written["balance_snapshots"] == 0
+    assert rows(engine, "SELECT count(*) FROM position_snapshots")[0][0] == 0
 
 
 @pytest.mark.db
@@ -207,3 +246,38 @@ def test_a_loads_own_statements_read_only_its_sources_rows_of_the_slot(engine):
             ).scalar_one()
             assert _rows_read(plan["Plan"], "balance_snapshots") in expected, sql
         conn.rollback()
+
+
+def test_a_reloads_comparison_reads_only_its_sources_rows_and_cannot_be_a_nested_loop(engine):
+    """Many sources at one slot, the statistics not knowing it: the re-load's comparison
+    probes the source's own accounts and joins by hash or merge (a FULL JOIN cannot be a
+    nested loop, which over a slot guessed at one row would be quadratic)."""
+    for n in range(40):
+        builders.load(engine, f"s{n:02d}", SLOT, {f"s{n:02d}-a{i}": "1" for i in range(3)})
+    sql = upsert.reload_sql(balance_snapshots, [c.name for c in balance_snapshots.columns])
+    with engine.connect() as conn:
+        conn.execute(text(upsert.create_stage_sql(balance_snapshots)))
+        conn.execute(
+            text(
+                "INSERT INTO stage_balance_snapshots SELECT b.* FROM balance_snapshots b "
+                "JOIN accounts a ON a.id = b.account_id WHERE a.source = 's07'"
+            )
+        )
+        sql = sql.replace("%(slot)s", ":slot").replace("%(source)s", ":source")
+        (plan,) = conn.execute(
+            text(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}"), {"slot": SLOT, "source": "s07"}
+        ).scalar_one()
+        conn.rollback()
+    assert _rows_read(plan["Plan"], "balance_snapshots") == 3
+    assert {("Hash Join", "Full"), ("Merge Join", "Full")} & set(_joins(plan["Plan"]))
+    assert not _rows_written(plan["Plan"])  # unchanged: nothing inserted, nothing updated
+
+
+def _joins(plan: dict) -> list[tuple[str, str]]:
+    own = [(plan["Node Type"], plan["Join Type"])] if "Join Type" in plan else []
+    return own + [j for p in plan.get("Plans", []) for j in _joins(p)]
+
+
+def _rows_written(plan: dict) -> int:
+    own = plan["Actual Rows"] if plan["Node Type"] == "ModifyTable" else 0
+    return own + sum(_rows_written(p) for p in plan.get("Plans", []))
