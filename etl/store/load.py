@@ -15,7 +15,8 @@ bodies that were received (to replay once the normalizer is fixed), and no snaps
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from operator import attrgetter
@@ -189,6 +190,22 @@ def _copy(
             pipe.write(chunk)
 
 
+@contextmanager
+def _work_mem(cur: psycopg.Cursor[Any], budget: str) -> Iterator[None]:
+    """`work_mem` set to `budget` for the statements inside, then back to what it was, so
+    the rest of the caller's transaction plans and runs as before. Not put back when the
+    block raises: the transaction is failing, and its end undoes the setting anyway."""
+    cur.execute(
+        "SELECT previous, set_config('work_mem', %s, true) "
+        "FROM (SELECT current_setting('work_mem') AS previous OFFSET 0) AS p",
+        (budget,),
+    )
+    row = cur.fetchone()
+    assert row is not None
+    yield
+    cur.execute("SELECT set_config('work_mem', %s, true)", (row[0],))
+
+
 def upsert_snapshots(
     cur: psycopg.Cursor[Any],
     table: Table,
@@ -212,8 +229,9 @@ def upsert_snapshots(
     cur.execute(upsert.create_stage_sql(table))
     if records:
         _copy(cur, upsert.stage_name(table), layout, records, ids, tail)
-    cur.execute(upsert.reload_sql(table, [*layout.columns, *_TAIL]), {"slot": slot, "source": source})
-    reply = cur.fetchone()
+    with _work_mem(cur, upsert.RELOAD_WORK_MEM):
+        cur.execute(upsert.reload_sql(table, [*layout.columns, *_TAIL]), {"slot": slot, "source": source})
+        reply = cur.fetchone()
     assert reply is not None
     written, *gone = reply
     vanished = [(slot, *key) for key in zip(*gone, strict=True)] if gone[0] else []

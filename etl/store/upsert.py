@@ -89,6 +89,13 @@ def held_sql(tables: list[Table]) -> str:
     return f"SELECT {tests}"
 
 
+# `work_mem` of `reload_sql` (set for that statement only): its hash of a 50,000-row slot
+# takes ~13 MB; at the default 4 MB it spilled half of both sides to temporary files
+# (2 batches, 12 MB written and read back). Measured: the statement's median 312 -> 261 ms
+# (10 runs, interleaved). Memory is taken only as needed, for the one statement.
+RELOAD_WORK_MEM = "64MB"
+
+
 def reload_sql(table: Table, columns: list[str]) -> str:
     """Compare the staged batch with the source's rows at the slot; write what differs.
 

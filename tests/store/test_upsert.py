@@ -167,6 +167,19 @@ def test_a_rerun_without_any_row_of_a_table_deletes_all_of_them(engine):
 
 
 @pytest.mark.db
+def test_a_rerun_leaves_the_transactions_work_mem_as_it_found_it(engine):
+    load(engine, balances(3), positions("BTC"))
+    batch = Batch(accounts=(AccountRef("acct"),), balances=balances(4), positions=positions("BTC"))
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL work_mem = '5MB'"))
+        result = load_slot(
+            conn, source="src", venue="ltp", slot=SLOT, batch=batch, responses=(), started_at=SLOT, attempts=1
+        )
+        assert conn.execute(text("SHOW work_mem")).scalar_one() == "5MB"
+    assert result.written["balance_snapshots"] == 1  # it was a re-load
+
+
+@pytest.mark.db
 def test_another_slot_of_the_same_source_is_fresh_and_leaves_the_first_alone(engine):
     load(engine, balances(5))
     result = load(engine, balances(3), slot=SLOT + timedelta(minutes=1))
