@@ -181,11 +181,14 @@ def _copy(
     ids: dict[str, int],
     tail: tuple[Any, ...],
 ) -> None:
+    """COPY `records` into `into`, with `tail` as the values of `_TAIL` on every row
+    (none given: the stage, which has no such columns)."""
     # Several chunks: a writer thread sends each while this one encodes the next (it waits
     # on the socket without the GIL), so Python encoding and PostgreSQL parsing overlap.
     # One chunk: nothing to overlap, and a thread per COPY costs more than it saves.
     writer = QueuedLibpqWriter(cur) if len(records) > copy.CHUNK else None
-    with cur.copy(upsert.copy_sql(into, [*layout.columns, *_TAIL]), writer=writer) as pipe:
+    columns = [*layout.columns, *_TAIL] if tail else layout.columns
+    with cur.copy(upsert.copy_sql(into, columns), writer=writer) as pipe:
         for chunk in copy.lines(records, layout, ids, tail):
             pipe.write(chunk)
 
@@ -226,11 +229,12 @@ def upsert_snapshots(
             month = partitions.child_name(table.name, partitions.month_start(slot))
             _copy(cur, month, layout, records, ids, tail)
         return len(records), 0
-    cur.execute(upsert.create_stage_sql(table))
+    cur.execute(upsert.create_stage_sql(table, layout.columns))
     if records:
-        _copy(cur, upsert.stage_name(table), layout, records, ids, tail)
+        _copy(cur, upsert.stage_name(table), layout, records, ids, ())
+    params = {"slot": slot, "source": source, **dict(zip(_TAIL, tail, strict=True))}
     with _work_mem(cur, upsert.RELOAD_WORK_MEM):
-        cur.execute(upsert.reload_sql(table, [*layout.columns, *_TAIL]), {"slot": slot, "source": source})
+        cur.execute(upsert.reload_sql(table, layout.columns, _TAIL), params)
         reply = cur.fetchone()
     assert reply is not None
     written, *gone = reply

@@ -22,8 +22,9 @@ Two paths, chosen per snapshot table and transaction:
   cores; old and new interleaved in one process, medians of 6): unchanged, the
   statements after the COPY took 383 ms (`EXPLAIN ANALYZE`: upsert 416 ms, 250,006
   buffer hits for 50,000 rows, + `EXCEPT` 87 ms), now 225 ms (the FULL JOIN, 232 ms);
-  10 % changed, 550 ms, now 377 ms. The COPY into the stage (~450 ms, Python encoding)
-  is the same in both and is now most of a re-load.
+  10 % changed, 550 ms, now 377 ms. The COPY into the stage is now most of a re-load
+  (~500 ms: ~260 ms of Python encoding overlapping ~320 ms of parsing by the server,
+  which is why the stage holds no per-load constants, see `create_stage_sql`).
 
 `run_id` and `fetched_at` are not compared: they say when the values were first seen.
 Every statement here reads the slot's rows of one source through (snapshot_ts,
@@ -67,11 +68,18 @@ def stage_name(table: Table) -> str:
     return f"stage_{table.name}"
 
 
-def create_stage_sql(table: Table) -> str:
-    # ON COMMIT DELETE ROWS: the staging table is reused by every load on this connection.
+def create_stage_sql(table: Table, columns: list[str]) -> str:
+    """The staging table: `columns` of `table`, typed alike, with no constraint or default.
+
+    Only what differs from row to row is staged. The load's constants (`snapshot_ts`,
+    `fetched_at`, `run_id`) go into `reload_sql` as parameters: parsed from COPY text they
+    cost the server two timestamps and a bigint per row (measured: the COPY of a
+    50,000-row slot's pre-encoded text into the stage, 322 -> 264 ms without them). ON
+    COMMIT DELETE ROWS: the stage is reused by every load on this connection, so its
+    columns must be the same at every load (the table's `copy.Layout`)."""
     return (
-        f"CREATE TEMP TABLE IF NOT EXISTS {stage_name(table)} "
-        f"(LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage_name(table)} ON COMMIT DELETE ROWS "
+        f"AS SELECT {', '.join(columns)} FROM {table.name} WITH NO DATA"
     )
 
 
@@ -96,7 +104,7 @@ def held_sql(tables: list[Table]) -> str:
 RELOAD_WORK_MEM = "64MB"
 
 
-def reload_sql(table: Table, columns: list[str]) -> str:
+def reload_sql(table: Table, staged: list[str], constants: list[str]) -> str:
     """Compare the staged batch with the source's rows at the slot; write what differs.
 
     One statement. `diff` is a FULL JOIN of the stage and the slot's rows (`source_rows`)
@@ -105,7 +113,8 @@ def reload_sql(table: Table, columns: list[str]) -> str:
     `INSERT … ON CONFLICT (key) DO UPDATE` (a new row inserted, a changed one updated in
     place; no guard needed, they differ); no other row of the slot is probed or locked.
     The answer is one row: how many were written, and the vanished keys as one array per
-    key column (NULL when none), to delete by key.
+    key column (NULL when none), to delete by key. `staged` are the stage's columns; the
+    `constants`, the same on every row, are parameters named after their column.
 
     A FULL JOIN can only be a hash or merge join, never a nested loop. Statistics never
     know the slot just written: for `NOT EXISTS` or `IN` against its rows the planner
@@ -115,10 +124,11 @@ def reload_sql(table: Table, columns: list[str]) -> str:
     1,000 and 50,000) and still hashed.
     """
     keys = _vanishing_key(table)
+    columns = [*staged, *constants]
     values = [c for c in columns if c not in key_columns(table)]
-    compared = [c for c in values if c not in NOT_COMPARED]
+    compared = [c for c in staged if c not in keys and c not in NOT_COMPARED]
     cols = ", ".join(columns)
-    staged = ", ".join(f"n.{c}" for c in columns)
+    rows = ", ".join([*staged, *(f"%({c})s" for c in constants)])
     gone = ", ".join(f"o.{k} AS gone_{k}" for k in keys)
     on = " AND ".join(f"n.{k} = o.{k}" for k in keys)
     new = ", ".join(f"n.{c}" for c in compared)
@@ -127,10 +137,10 @@ def reload_sql(table: Table, columns: list[str]) -> str:
     arrays = ", ".join(f"array_agg(gone_{k})" for k in keys)
     slot_rows = source_rows(table.name, "snapshot_ts = %(slot)s")
     return (
-        f"WITH diff AS MATERIALIZED (SELECT {staged}, {gone} "
+        f"WITH diff AS MATERIALIZED (SELECT {', '.join(f'n.{c}' for c in staged)}, {gone} "
         f"FROM {stage_name(table)} AS n FULL JOIN ({slot_rows} AS o) ON {on} "
         f"WHERE n.{keys[0]} IS NULL OR o.{keys[0]} IS NULL OR ({new}) IS DISTINCT FROM ({old})), "
-        f"written AS (INSERT INTO {table.name} AS t ({cols}) SELECT {cols} FROM diff "
+        f"written AS (INSERT INTO {table.name} AS t ({cols}) SELECT {rows} FROM diff "
         f"WHERE {keys[0]} IS NOT NULL "
         f"ON CONFLICT ({', '.join(key_columns(table))}) DO UPDATE SET {sets} RETURNING 1) "
         f"SELECT (SELECT count(*) FROM written), {arrays} FROM diff WHERE {keys[0]} IS NULL"

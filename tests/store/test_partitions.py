@@ -107,12 +107,20 @@ def test_a_pruned_month_is_created_again_when_a_slot_needs_it(engine):
 
 
 def test_the_staging_table_can_be_made_like_a_partitioned_table(engine):
-    with engine.begin() as conn:
-        conn.execute(text(create_stage_sql(balance_snapshots)))
+    types = (
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
+        "CAST(:t AS regclass) AND attname IN ('account_id', 'total', 'extra') ORDER BY attname"
+    )
+    with engine.connect() as conn:  # rolled back: a stage of other columns must not outlive the test
+        conn.execute(text(create_stage_sql(balance_snapshots, ["account_id", "total", "extra"])))
         kind = conn.execute(
             text("SELECT relkind FROM pg_class WHERE relname = 'stage_balance_snapshots'")
         ).scalar()
-    assert kind == "r"  # a plain temporary table, columns and defaults of the parent
+        staged = conn.execute(text(types), {"t": "stage_balance_snapshots"}).all()
+        parent = conn.execute(text(types), {"t": "balance_snapshots"}).all()
+        conn.rollback()
+    assert kind == "r"  # a plain temporary table, the parent's columns typed alike
+    assert staged == parent and len(staged) == 3
 
 
 def test_partition_bounds_are_read_in_utc_whatever_the_session_zone(engine):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -40,18 +41,18 @@ def test_held_sql_asks_each_table_for_a_row_of_the_source_at_the_slot():
 
 def test_a_reload_compares_values_but_not_run_id_or_fetched_at_and_writes_only_what_differs():
     sql = upsert.reload_sql(
-        account_snapshots, ["account_id", "account_type", "snapshot_ts", "equity", "run_id"]
+        account_snapshots, ["account_id", "account_type", "equity"], ["snapshot_ts", "run_id"]
     )
     assert sql == (
-        "WITH diff AS MATERIALIZED (SELECT n.account_id, n.account_type, n.snapshot_ts, n.equity, "
-        "n.run_id, o.account_id AS gone_account_id, o.account_type AS gone_account_type "
+        "WITH diff AS MATERIALIZED (SELECT n.account_id, n.account_type, n.equity, "
+        "o.account_id AS gone_account_id, o.account_type AS gone_account_type "
         "FROM stage_account_snapshots AS n FULL JOIN ((SELECT id FROM accounts WHERE source = "
         "%(source)s) AS of_source CROSS JOIN LATERAL (SELECT * FROM account_snapshots WHERE "
         "account_id = of_source.id AND snapshot_ts = %(slot)s OFFSET 0) AS o) "
         "ON n.account_id = o.account_id AND n.account_type = o.account_type "
         "WHERE n.account_id IS NULL OR o.account_id IS NULL OR (n.equity) IS DISTINCT FROM (o.equity)), "
-        "written AS (INSERT INTO account_snapshots AS t (account_id, account_type, snapshot_ts, equity, "
-        "run_id) SELECT account_id, account_type, snapshot_ts, equity, run_id FROM diff "
+        "written AS (INSERT INTO account_snapshots AS t (account_id, account_type, equity, snapshot_ts, "
+        "run_id) SELECT account_id, account_type, equity, %(snapshot_ts)s, %(run_id)s FROM diff "
         "WHERE account_id IS NOT NULL ON CONFLICT (account_id, account_type, snapshot_ts) "
         "DO UPDATE SET equity = EXCLUDED.equity, run_id = EXCLUDED.run_id RETURNING 1) "
         "SELECT (SELECT count(*) FROM written), array_agg(gone_account_id), "
@@ -66,10 +67,10 @@ def test_vanished_rows_are_deleted_by_key():
     )
 
 
-def test_the_stage_is_a_temporary_table_emptied_at_commit():
-    assert upsert.create_stage_sql(balance_snapshots) == (
-        "CREATE TEMP TABLE IF NOT EXISTS stage_balance_snapshots "
-        "(LIKE balance_snapshots INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+def test_the_stage_is_a_temporary_table_of_the_staged_columns_emptied_at_commit():
+    assert upsert.create_stage_sql(balance_snapshots, ["account_id", "currency", "total"]) == (
+        "CREATE TEMP TABLE IF NOT EXISTS stage_balance_snapshots ON COMMIT DELETE ROWS "
+        "AS SELECT account_id, currency, total FROM balance_snapshots WITH NO DATA"
     )
 
 
@@ -267,19 +268,20 @@ def test_a_reloads_comparison_reads_only_its_sources_rows_and_cannot_be_a_nested
     nested loop, which over a slot guessed at one row would be quadratic)."""
     for n in range(40):
         builders.load(engine, f"s{n:02d}", SLOT, {f"s{n:02d}-a{i}": "1" for i in range(3)})
-    sql = upsert.reload_sql(balance_snapshots, [c.name for c in balance_snapshots.columns])
+    constants = ["snapshot_ts", "fetched_at", "run_id"]
+    staged = [c.name for c in balance_snapshots.columns if c.name not in constants]
+    sql = upsert.reload_sql(balance_snapshots, staged, constants)
     with engine.connect() as conn:
-        conn.execute(text(upsert.create_stage_sql(balance_snapshots)))
+        conn.execute(text(upsert.create_stage_sql(balance_snapshots, staged)))
         conn.execute(
             text(
-                "INSERT INTO stage_balance_snapshots SELECT b.* FROM balance_snapshots b "
-                "JOIN accounts a ON a.id = b.account_id WHERE a.source = 's07'"
+                f"INSERT INTO stage_balance_snapshots SELECT {', '.join('b.' + c for c in staged)} "
+                "FROM balance_snapshots b JOIN accounts a ON a.id = b.account_id WHERE a.source = 's07'"
             )
         )
-        sql = sql.replace("%(slot)s", ":slot").replace("%(source)s", ":source")
-        (plan,) = conn.execute(
-            text(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}"), {"slot": SLOT, "source": "s07"}
-        ).scalar_one()
+        sql = re.sub(r"%\((\w+)\)s", r":\1", sql)
+        params = {"slot": SLOT, "source": "s07", "snapshot_ts": SLOT, "fetched_at": SLOT, "run_id": 1}
+        (plan,) = conn.execute(text(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}"), params).scalar_one()
         conn.rollback()
     assert _rows_read(plan["Plan"], "balance_snapshots") == 3
     assert {("Hash Join", "Full"), ("Merge Join", "Full")} & set(_joins(plan["Plan"]))
