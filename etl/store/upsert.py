@@ -6,8 +6,8 @@ Two paths, chosen per snapshot table and transaction:
   are `COPY`ed straight into the table. Nothing can conflict and nothing can have
   vanished, so staging, comparing and deleting would be pure overhead; this is most
   loads (every new slot).
-- **re-load** (a re-run, a replay): `COPY` into a temporary staging table shaped like the
-  target, then one statement (`reload_sql`) that compares the stage with the source's
+- **re-load** (a re-run, a replay): `COPY` into a temporary staging table of the
+  target's columns but the load's constants, then one statement (`reload_sql`) that compares the stage with the source's
   rows at the slot by a FULL JOIN on the key and writes only what differs: new and
   changed rows through `INSERT … ON CONFLICT (key) DO UPDATE`, and the keys of the rows
   the new batch no longer has (a position closed between two runs of the same slot)
