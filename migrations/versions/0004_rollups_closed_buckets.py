@@ -30,6 +30,10 @@ Create Date: 2026-12-01 09:00:00
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -38,36 +42,26 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-BALANCE_VALUES = (
-    "total", "available", "frozen", "withdrawable", "equity", "unrealized_pnl",
-    "initial_margin", "maintenance_margin", "value_usdt",
-)  # fmt: skip
-ACCOUNT_VALUES = (
-    "equity", "available_margin", "initial_margin", "maintenance_margin",
-    "maintenance_margin_rate", "unrealized_pnl", "equity_currency",
-)  # fmt: skip
-# rollup -> (what its open buckets are computed from, its key besides account_id, values, width)
+
+def _revision_0002() -> ModuleType:
+    """Revision 0002, whose rollups and portfolio views this one rebuilds (read, not copied)."""
+    path = Path(__file__).with_name("0002_partitions_rollups.py")
+    spec = importlib.util.spec_from_file_location("_revision_0002", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_0002 = _revision_0002()
+# rollup -> (what its open buckets are computed from, its key besides account_id, values,
+# width): 0002's rollups, the daily ones now computed from their hourly view
 ROLLUPS = {
-    "balances_hourly": ("balance_snapshots", ("account_type", "currency"), BALANCE_VALUES, "hour"),
-    "balances_daily": ("balances_hourly", ("account_type", "currency"), BALANCE_VALUES, "day"),
-    "account_equity_hourly": ("account_snapshots", ("account_type",), ACCOUNT_VALUES, "hour"),
-    "account_equity_daily": ("account_equity_hourly", ("account_type",), ACCOUNT_VALUES, "day"),
+    name: (source if width == "hour" else name.replace("_daily", "_hourly"), keys, values, width)
+    for name, (source, keys, values, width) in _0002.ROLLUPS.items()
 }
-# portfolio_equity_hourly/daily read the rollups: rebuilt over the views (0002's text)
-PORTFOLIO = """
-    CREATE VIEW portfolio_equity_{name} AS
-    SELECT d.bucket, d.total_equity, d.accounts_reporting, x.accounts_expected
-    FROM (SELECT bucket, sum(equity) AS total_equity, count(DISTINCT account_id) AS accounts_reporting
-          FROM account_equity_{name} GROUP BY bucket) d
-    CROSS JOIN LATERAL (
-        SELECT count(*) AS accounts_expected FROM accounts a
-        WHERE a.first_seen_at < d.bucket + interval '1 {width}'
-          AND (a.last_seen_at >= d.bucket
-               OR EXISTS (SELECT 1 FROM ingestion_runs f WHERE f.source = a.source AND f.status <> 'ok'
-                          AND f.snapshot_ts >= d.bucket AND f.snapshot_ts < d.bucket + interval '1 {width}'))
-    ) x
-"""
-PORTFOLIO_VIEWS = {"hourly": "hour", "daily": "day"}
+# portfolio_equity_hourly/daily read the rollups: recreated over the views, as 0002 wrote them
+PORTFOLIO_VIEWS = {name: _0002.VIEWS[f"portfolio_equity_{name}"] for name in ("hourly", "daily")}
 
 
 def watermark(width: str) -> str:
@@ -127,8 +121,8 @@ def upgrade() -> None:
         op.execute(f"DELETE FROM {rollup}_closed WHERE bucket >= {watermark(width)}")
     for rollup in ROLLUPS:  # hourly before daily: a daily view reads its hourly one
         op.execute(view_sql(rollup))
-    for name, width in PORTFOLIO_VIEWS.items():
-        op.execute(PORTFOLIO.format(name=name, width=width))
+    for sql in PORTFOLIO_VIEWS.values():
+        op.execute(sql)
 
 
 def downgrade() -> None:
@@ -148,5 +142,5 @@ def downgrade() -> None:
         op.execute(f"ALTER INDEX ix_{rollup}_closed_bucket RENAME TO ix_{rollup}_bucket")
         op.execute(f"ALTER TABLE {rollup} SET (fillfactor = 50)")
     op.drop_table("rollup_watermarks")
-    for name, width in PORTFOLIO_VIEWS.items():
-        op.execute(PORTFOLIO.format(name=name, width=width))
+    for sql in PORTFOLIO_VIEWS.values():
+        op.execute(sql)
