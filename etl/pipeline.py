@@ -60,6 +60,7 @@ class RunResult:
     attempts: int = 0
     seconds: float = 0.0
     already_loaded: bool = False  # store(keep_loaded=True) found the slot loaded and wrote nothing
+    closes: datetime | None = None  # rollup buckets before this can be closed: see close_rollups
 
 
 def scrub(message: str, source: SourceConfig) -> str:
@@ -179,8 +180,6 @@ def store(engine: Engine, polled: Polled, *, keep_loaded: bool = False) -> RunRe
         raise StoreError(f"{source.name}: database: {_first_line(err)}", transient=transient) from None
     except SQLAlchemyError as err:
         raise StoreError(f"{source.name}: database: {_first_line(err)}") from None
-    if closes is not None:
-        _close_rollups(engine, source.name, closes)
     return RunResult(
         source=source.name,
         venue=source.venue,
@@ -191,20 +190,22 @@ def store(engine: Engine, polled: Polled, *, keep_loaded: bool = False) -> RunRe
         written=written,
         attempts=polled.attempts,
         seconds=time.perf_counter() - t0,
+        closes=closes,
     )
 
 
-def _close_rollups(engine: Engine, source: str, until: datetime) -> None:
-    """The first load of a new hour closes the rollup buckets before it (its own
-    transaction, after the load's commit). The slot is stored either way: a failure here
-    only leaves the buckets open, which the views still compute, and the next load of a
-    later hour closes them."""
+def close_rollups(engine: Engine, until: datetime) -> None:
+    """Close the rollup buckets before `until` (a stored slot's `RunResult.closes`: the
+    first load of a new hour), in a transaction of its own. Callers run it off every
+    source's path, after the loads: closing an hour of many accounts takes seconds, and
+    a source still busy with it would miss its next slot. A failure only leaves the
+    buckets open, which the views still compute; the next load of a later hour asks again."""
     if not _closing.acquire(blocking=False):
-        return  # another source's load in this process is closing them already
+        return  # another thread of this process is closing them already
     try:
         rollups.close(engine, until)
     except (SQLAlchemyError, psycopg.Error) as err:
-        log.warning("%s: rollup buckets before %s left open: %s", source, until.isoformat(), _first_line(err))
+        log.warning("rollup buckets before %s left open: %s", until.isoformat(), _first_line(err))
     finally:
         _closing.release()
 
@@ -239,4 +240,8 @@ async def run_sources(
             )
         return RunResult(**{**result.__dict__, "seconds": time.perf_counter() - t0})
 
-    return list(await asyncio.gather(*(one(s) for s in sources)))
+    results = list(await asyncio.gather(*(one(s) for s in sources)))
+    closes = [r.closes for r in results if r.closes is not None]
+    if closes:
+        await asyncio.to_thread(close_rollups, engine, max(closes))
+    return results

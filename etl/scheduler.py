@@ -54,7 +54,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from etl.config import Settings, SourceConfig, data_dir
 from etl.errors import ConfigError, EtlError, StoreError
 from etl.metrics import Metrics
-from etl.pipeline import Polled, RunResult, client_for, poll, store
+from etl.pipeline import Polled, RunResult, client_for, close_rollups, poll, store
 from etl.slots import floor_to_slot
 from etl.spool import Entry, Spool, SpooledMissed, SpooledPoll, SpoolError, replayed, spooled
 from etl.store import migrate
@@ -430,6 +430,7 @@ class Daemon:
             return "claimed_elsewhere"
         self.metrics.stored(result, (_now() - slot).total_seconds(), time.perf_counter() - t0)
         self._log_result(result, "")
+        self._close_rollups(result)
         return result.status
 
     def _log_result(self, result: RunResult, where: str) -> None:
@@ -650,7 +651,14 @@ class Daemon:
     def _load_spooled(self, entry: SpooledPoll, source: SourceConfig) -> RunResult:
         return store(self.engine, replayed(entry, source), keep_loaded=True)
 
+    def _close_rollups(self, result: RunResult) -> None:
+        """The first load of a new hour: its rollup buckets close in the background, so
+        that no source waits on the close (seconds, for an hour of many accounts)."""
+        if result.closes is not None:
+            self._in_background(asyncio.to_thread(close_rollups, self.engine, result.closes))
+
     def _drained(self, result: RunResult) -> None:
+        self._close_rollups(result)
         if result.already_loaded:
             log.info(
                 "%s %s: spooled copy dropped, the slot was loaded already", result.source, _iso(result.slot)

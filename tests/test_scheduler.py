@@ -255,7 +255,7 @@ def test_slots_a_paused_process_could_not_run_are_recorded_as_missed(engine, tmp
     assert slots == [slots[0] + i * 2 * S for i in range(len(slots))]  # every slot has a row
     missed = [r for r in runs if r[1] == "missed"]
     assert len(missed) >= 2, runs
-    assert all("paused" in r[2] for r in missed)
+    assert all("paused" in r[2] for r in missed), runs
 
 
 def test_a_poll_cut_short_by_shutdown_is_kept_in_the_spool_and_recorded(engine, tmp_path, venue):
