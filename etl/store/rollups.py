@@ -252,20 +252,29 @@ def rebuild_sql(rollup: Table, source: Table, width: str) -> str:
     """[since, until) of a rollup, from `source` (a snapshot table or a finer rollup), into
     buckets that hold no row (a close: past the watermark; a rebuild: just deleted).
 
-    The range is read on its own (`OFFSET 0`) and then sorted: planned together with the
-    ORDER BY, PostgreSQL walked the whole month's primary key in key order to skip the
-    sort (measured: every row of the month read to close one hour). A plain INSERT: with
-    no row in those buckets nothing can conflict, and ON CONFLICT's speculative insertion
-    cost a third of the statement."""
-    keys = ", ".join(("account_id", *_keys(rollup)))
+    Each key's last slot in each bucket is found by a grouped `max(snapshot_ts)` over the
+    range, and its row fetched by a join on the key and that slot (a slot lies in one
+    bucket, so the pair is unique). The DISTINCT ON of earlier versions sorted every row
+    of the range; the aggregate hashes the keys only (measured on an hour of 1,000,000
+    rows and 50,000 keys: 1.2 s against 2.6 s, the sort spilled to disk even at 64 MB).
+    The range is repeated on the joined side, so only the range's rows are read there
+    too. A plain INSERT: with no row in those buckets nothing can conflict, and ON
+    CONFLICT's speculative insertion cost a third of the statement."""
+    keys = ["account_id", *_keys(rollup)]
     # a rollup feed is indexed by bucket (its hours lie inside the day being rebuilt);
     # a snapshot table is partitioned by slot
     time = "bucket" if "bucket" in source.columns else "snapshot_ts"
+
+    def in_range(alias: str = "") -> str:
+        return f"{alias}{time} >= :since AND {alias}{time} < :until"
+
+    by_key = " AND ".join(f"f.{k} = g.{k}" for k in keys)
     return (
-        f"{_insert_head(rollup)} SELECT DISTINCT ON ({keys}, {_bucket(width)}) "
-        f"{_select_list(rollup, width, alias=source.name)} FROM "
-        f"(SELECT * FROM {source.name} WHERE {time} >= :since AND {time} < :until OFFSET 0) AS {source.name} "
-        f"ORDER BY {keys}, {_bucket(width)}, snapshot_ts DESC"
+        f"{_insert_head(rollup)} SELECT {_select_list(rollup, width, alias='f')} FROM "
+        f"(SELECT {', '.join(keys)}, max(snapshot_ts) AS last FROM {source.name} WHERE {in_range()} "
+        f"GROUP BY {', '.join(keys)}, {_bucket(width)}) AS g "
+        f"JOIN {source.name} AS f ON {by_key} AND f.snapshot_ts = g.last "
+        f"WHERE {in_range('f.')}"
     )
 
 
