@@ -165,6 +165,7 @@ class Daemon:
         self._limiters: dict[tuple[str, str], AsyncLimiter] = {}
         self._inflight: set[asyncio.Task[Any]] = set()
         self._background: set[asyncio.Task[Any]] = set()
+        self._closing: asyncio.Task[None] | None = None  # the rollup close in flight, if any
         # per (slot, interval): the sources waiting for the claim of that slot, see _claim
         self._claiming: dict[tuple[datetime, timedelta], dict[str, asyncio.Future[bool | None]]] = {}
         self._orphans: set[str] = set()
@@ -654,8 +655,12 @@ class Daemon:
     def _close_rollups(self, result: RunResult) -> None:
         """The first load of a new hour: its rollup buckets close in the background, so
         that no source waits on the close (seconds, for an hour of many accounts)."""
-        if result.closes is not None:
-            self._in_background(asyncio.to_thread(close_rollups, self.engine, result.closes))
+        if result.closes is None:
+            return
+        # Every source's first load of the hour asks; one close at a time answers them all
+        # (a load after it finished asks again if anything is left open).
+        if self._closing is None or self._closing.done():
+            self._closing = self._in_background(asyncio.to_thread(close_rollups, self.engine, result.closes))
 
     def _drained(self, result: RunResult) -> None:
         self._close_rollups(result)

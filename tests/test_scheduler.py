@@ -14,8 +14,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from etl import scheduler
 from etl.config import parse_settings
 from etl.errors import ConfigError
+from etl.pipeline import close_rollups
 from etl.scheduler import Daemon, Timing, missed_between
 from etl.sim.base import Fault
 from etl.sim.bittap import BittapSimulator
@@ -320,3 +322,40 @@ def test_the_retention_table_schedules_a_daily_prune(tmp_path, session_engine):
 
     assert "retention" not in asyncio.run(jobs(plain))
     assert asyncio.run(jobs(kept))["retention"] == "cron[hour='0', minute='17']"
+
+
+def test_the_sources_of_a_new_hour_start_one_rollup_close_between_them(engine, tmp_path, venue, monkeypatch):
+    _, url = venue
+    names = ["sched", "sched-b", "sched-c"]
+    settings = settings_for(
+        *(source_entry(n, "bittap", url, "sched-key", "sched-secret") for n in names), interval="60s"
+    )
+    daemon = Daemon(settings, engine, Spool(tmp_path))
+    calls: list[datetime] = []
+
+    def slow_close(engine, until: datetime) -> None:  # still running when the other sources ask
+        calls.append(until)
+        time.sleep(0.5)
+        close_rollups(engine, until)
+
+    monkeypatch.setattr(scheduler, "close_rollups", slow_close)
+    hour = floor_to_slot(datetime.now(UTC), 3600 * S)
+
+    async def go() -> None:
+        async with daemon.running():
+            deadline = time.monotonic() + 20
+            for slot in (hour - 60 * S, hour):  # the last slot of an hour, the first of the next
+                runs = (daemon.run_slot(daemon.sources[n], slot, deadline) for n in names)
+                outcomes = await asyncio.gather(*runs)
+                assert outcomes == ["ok"] * 3
+                assert daemon._closing is not None
+                await daemon._closing
+
+    asyncio.run(go())
+    # each slot's three loads found their hour open; one close answered all three
+    assert calls == [hour - 3600 * S, hour]
+    assert rows(engine, "SELECT width, closed_until FROM rollup_watermarks ORDER BY 1") == [
+        ("day", floor_to_slot(hour, 86400 * S)),
+        ("hour", hour),
+    ]
+    assert count(engine, "balances_hourly_closed") > 0
