@@ -163,7 +163,8 @@ def _held(cur: psycopg.Cursor[Any], source: str, slot: datetime) -> Reply[dict[s
     row (sent before this check), so no such row can appear between this check and the COPY.
     """
     tables = [table for table, _, _ in _LOADED]
-    cur.execute(upsert.held_sql(tables), {"slot": slot, "source": source})
+    # unprepared, like every statement on upsert.source_rows: see there
+    cur.execute(upsert.held_sql(tables), {"slot": slot, "source": source}, prepare=False)
 
     def held() -> dict[str, bool]:
         row = cur.fetchone()
@@ -234,7 +235,7 @@ def upsert_snapshots(
         _copy(cur, upsert.stage_name(table), layout, records, ids, ())
     params = {"slot": slot, "source": source, **dict(zip(_TAIL, tail, strict=True))}
     with _work_mem(cur, upsert.RELOAD_WORK_MEM):
-        cur.execute(upsert.reload_sql(table, layout.columns, _TAIL), params)
+        cur.execute(upsert.reload_sql(table, layout.columns, _TAIL), params, prepare=False)  # see source_rows
         reply = cur.fetchone()
     assert reply is not None
     written, *gone = reply

@@ -52,7 +52,18 @@ def source_rows(table: str, where: str, source: str = "%(source)s", select: str 
     the slot, once per load: quadratic in the number of sources (measured: two thirds of
     PostgreSQL's CPU in a 208-source polling cycle). Here each account of the source is one
     probe of (snapshot_ts, account_id); `OFFSET 0` keeps the planner from flattening the
-    lateral subquery back into a join it would plan on the same guess."""
+    lateral subquery back into a join it would plan on the same guess.
+
+    The statements built on it are sent unprepared (`prepare=False`), so
+    each is planned for its slot's month as that partition is now. Prepared (psycopg
+    prepares a statement on its sixth run on a connection), PostgreSQL soon settles on one
+    generic plan for all slots, made while the next month's partition, created ahead, is
+    empty; if that partition was vacuumed empty (a manual VACUUM ANALYZE), the plan reads
+    it whole for each account, and from the month's first slot on every load takes longer
+    than the last until autovacuum analyzes the partition (measured, bench/load.py's
+    second repeat: a 50,000-row slot's load 0.6 -> 5, 12, 19 s over three slots; the
+    fresh run 15 -> 52 s). Planning each time costs the server ~0.3 ms a statement
+    (held_sql, 252 partitions)."""
     return (
         f"(SELECT id FROM accounts WHERE source = {source}) AS of_source CROSS JOIN LATERAL "
         f"(SELECT {select} FROM {table} WHERE account_id = of_source.id AND {where} OFFSET 0)"

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from etl import exactjson
 from etl.errors import NormalizeError
 from etl.records import AccountRef, BalanceRow, Batch, PositionRow, RawResponse
-from etl.store import rollups, upsert
+from etl.store import partitions, rollups, upsert
 from etl.store.load import LoadResult, load_slot
 from etl.store.schema import account_snapshots, balance_snapshots, position_snapshots
 from tests.helpers import rows
@@ -296,3 +296,53 @@ def _joins(plan: dict) -> list[tuple[str, str]]:
 def _rows_written(plan: dict) -> int:
     own = plan["Actual Rows"] if plan["Node Type"] == "ModifyTable" else 0
     return own + sum(_rows_written(p) for p in plan.get("Plans", []))
+
+
+def _seq_scans(conn, table: str) -> int:
+    conn.execute(text("SELECT pg_stat_force_next_flush()"))  # flushed as the backend goes idle
+    conn.commit()
+    conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+    found = conn.execute(text("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = :t"), {"t": table})
+    scans = int(found.scalar_one())
+    conn.commit()
+    return scans
+
+
+@pytest.mark.db
+def test_a_load_into_a_month_that_was_vacuumed_empty_probes_the_index_not_the_whole_month(engine):
+    """The next month's partition, created ahead, vacuumed while empty (a manual VACUUM
+    ANALYZE): a plan made then and kept (a prepared statement's generic plan) scanned that
+    partition whole for each account of every load once the month began."""
+    refs = tuple(AccountRef(f"a{i}") for i in range(20))
+    batch = Batch(
+        accounts=refs,
+        balances=tuple(
+            BalanceRow(r.external_id, "Spot", f"C{c}", total=Decimal(c)) for r in refs for c in range(50)
+        ),
+    )
+    january, february = datetime(2026, 1, 10, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
+    with engine.connect() as conn:
+
+        def load_at(slot: datetime) -> None:
+            with conn.begin():
+                load_slot(
+                    conn,
+                    source="src",
+                    venue="ltp",
+                    slot=slot,
+                    batch=batch,
+                    responses=(),
+                    started_at=slot,
+                    attempts=1,
+                )
+
+        with conn.begin():  # January to March: no partition is created once February starts
+            partitions.ensure(conn, [january, february])
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as other:
+            other.execute(text("VACUUM ANALYZE balance_snapshots_p2026_02"))
+        for minute in range(15):  # enough runs on this connection to prepare and settle on a plan
+            load_at(january + timedelta(minutes=minute))
+        load_at(february)
+        before = _seq_scans(conn, "balance_snapshots_p2026_02")
+        load_at(february + timedelta(minutes=1))
+        assert _seq_scans(conn, "balance_snapshots_p2026_02") == before  # was +20, one per account
