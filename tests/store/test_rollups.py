@@ -185,6 +185,24 @@ def test_a_currency_gone_on_rerun_falls_back_to_its_previous_row_in_the_bucket(e
     assert [r[1:] for r in rows(engine, DAILY)] == [r[1:] for r in expected]
 
 
+def test_a_currency_gone_on_rerun_of_a_closed_bucket_falls_back_to_its_previous_row(engine):
+    load(engine, "s", at("2026-03-01T10:00:00"), {"s": "1"}, {"s": {"USDT": "1", "BTC": "5"}})
+    load(engine, "s", at("2026-03-01T10:30:00"), {"s": "1"}, {"s": {"USDT": "2", "BTC": "6", "ETH": "7"}})
+    rollups.close(engine, at("2026-03-02T00:00:00"))  # the hour and the day closed
+    load(
+        engine, "s", at("2026-03-01T10:30:00"), {"s": "1"}, {"s": {"USDT": "2"}}
+    )  # a late re-run: sold BTC, ETH
+    expected = [
+        (at("2026-03-01T10:00:00"), "BTC", 5, at("2026-03-01T10:00:00")),
+        (at("2026-03-01T10:00:00"), "USDT", 2, at("2026-03-01T10:30:00")),
+    ]
+    assert (
+        rows(engine, "SELECT bucket, currency, total, snapshot_ts FROM balances_hourly_closed ORDER BY 1, 2")
+        == expected
+    )
+    assert [r[1:] for r in rows(engine, DAILY)] == [r[1:] for r in expected]
+
+
 def test_sources_loaded_at_the_same_slot_keep_their_own_rows(engine):
     slot = at("2026-03-01T10:00:00")
     load(engine, "a", slot, {"a1": "10", "a2": "20"})
