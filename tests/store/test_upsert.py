@@ -88,19 +88,16 @@ def positions(*symbols: str) -> tuple[PositionRow, ...]:
     return tuple(PositionRow("acct", "perp", s, "long", quantity=Decimal("1.5")) for s in symbols)
 
 
+def load_on(conn, batch: Batch, slot: datetime = SLOT) -> LoadResult:
+    return load_slot(
+        conn, source="src", venue="ltp", slot=slot, batch=batch, responses=(), started_at=slot, attempts=1
+    )
+
+
 def load(engine, batch_balances, batch_positions=(), slot: datetime = SLOT) -> LoadResult:
     batch = Batch(accounts=(AccountRef("acct"),), balances=batch_balances, positions=batch_positions)
     with engine.begin() as conn:
-        return load_slot(
-            conn,
-            source="src",
-            venue="ltp",
-            slot=slot,
-            batch=batch,
-            responses=(),
-            started_at=slot,
-            attempts=1,
-        )
+        return load_on(conn, batch, slot)
 
 
 def versions(engine, table: str) -> dict[str, str]:
@@ -173,9 +170,7 @@ def test_a_rerun_leaves_the_transactions_work_mem_as_it_found_it(engine):
     batch = Batch(accounts=(AccountRef("acct"),), balances=balances(4), positions=positions("BTC"))
     with engine.begin() as conn:
         conn.execute(text("SET LOCAL work_mem = '5MB'"))
-        result = load_slot(
-            conn, source="src", venue="ltp", slot=SLOT, batch=batch, responses=(), started_at=SLOT, attempts=1
-        )
+        result = load_on(conn, batch)
         assert conn.execute(text("SHOW work_mem")).scalar_one() == "5MB"
     assert result.written["balance_snapshots"] == 1  # it was a re-load
 
@@ -325,16 +320,7 @@ def test_a_load_into_a_month_that_was_vacuumed_empty_probes_the_index_not_the_wh
 
         def load_at(slot: datetime) -> None:
             with conn.begin():
-                load_slot(
-                    conn,
-                    source="src",
-                    venue="ltp",
-                    slot=slot,
-                    batch=batch,
-                    responses=(),
-                    started_at=slot,
-                    attempts=1,
-                )
+                load_on(conn, batch, slot)
 
         with conn.begin():  # January to March: no partition is created once February starts
             partitions.ensure(conn, [january, february])
