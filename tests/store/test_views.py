@@ -55,7 +55,9 @@ def test_a_dip_from_a_missing_account_shows_as_reporting_below_expected(engine):
 def test_an_account_that_closed_is_no_longer_expected(engine):
     load(engine, "b", T1, {"b1": "10", "b2": "20"})
     load(engine, "b", T2, {"b1": "10"})  # b2 closed
-    assert rows(engine, "SELECT slot, accounts_reporting, accounts_expected FROM portfolio_equity") == [
+    assert rows(
+        engine, "SELECT slot, accounts_reporting, accounts_expected FROM portfolio_equity ORDER BY slot"
+    ) == [
         (T1, 2, 2),
         (T2, 1, 1),
     ]
