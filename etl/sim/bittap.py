@@ -3,11 +3,20 @@
 One account per API key. The account serves the documented fields as strings with many
 decimals; the mark price walks a little on each call, moving uPnL and equity. A key
 registered with `body=` serves that body verbatim (the seed page's example).
+
+The signature is checked the way developers.bittap.com documents it, with this module's
+own code (never the client's): the parameters after `?` exactly as received (the
+official sample signs the URL's encoded query), empty values filtered, sorted by key and
+then value, `&timestamp=<X-BT-TS>&nonce=<X-BT-NONCE>` appended (a leading `&` when there
+are none), HMAC-SHA256 with the secret, lower-case hex (ASSUMED, as by the client). A bad
+key answers 410001, anything wrong with the signature 410002, both with HTTP 401; the
+timestamp must be within 30 s (the window is not documented: ASSUMED).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import hmac
 import time
 from dataclasses import dataclass, field
@@ -19,9 +28,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from etl.sim.base import Simulator, json_response
-from etl.venues.bittap import ACCOUNT_INFO, canonical_query, sign
 
+ACCOUNT_INFO = "/ftapi/v1/account/info"
 SKEW_MS = 30_000
+
+
+def expected_signature(secret: str, raw_query: str, ts: str, nonce: str) -> str:
+    """X-BT-SIGN for a GET whose URL carried `raw_query` (still percent-encoded)."""
+    pairs = (pair.partition("=") for pair in raw_query.split("&") if pair)
+    query = "&".join(f"{k}={v}" for k, v in sorted((k, v) for k, _, v in pairs if v))
+    message = (f"{query}&" if query else "&") + f"timestamp={ts}&nonce={nonce}"
+    return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass
@@ -92,7 +109,7 @@ class BittapSimulator(Simulator):
         if abs(int(ts) - int(time.time() * 1000)) > SKEW_MS:
             self.rejected += 1
             return _error("410002", "Signature verification failed: timestamp out of window", 401)
-        expected = sign(account.secret, canonical_query(dict(request.query_params)), ts, nonce)
+        expected = expected_signature(account.secret, request.url.query, ts, nonce)
         if not hmac.compare_digest(expected, signature):
             self.rejected += 1
             return _error("410002", "Signature verification failed", 401)

@@ -5,8 +5,10 @@ documents it (ASSUMED for the exact codes of each case, all with HTTP 200 and th
 legacy envelope): unknown key -> 403 "Incorrect Access key", missing or out-of-window
 `Timestamp` (5 minutes) -> 12001, wrong `SignatureVersion` -> 12002, wrong
 `SignatureMethod` -> 12003, signature mismatch -> 403 "Verification failure [校验失败]".
-The signature is recomputed from the decoded parameters, the host and the path, as the
-venue does. Mark prices walk a little on every balance call, moving uPnL and equity.
+The signature is recomputed from the decoded parameters, the host and the path with this
+module's own code, written from HTX's "Signature Authentication" page (never the
+client's): every key and value percent-encoded (UTF-8, upper-case hex), pairs sorted by
+key in ASCII order, `GET\n<host>\n<path>\n<query>`, base64 HMAC-SHA256. Mark prices walk a little on every balance call, moving uPnL and equity.
 An account registered with `body=` / `positions_body=` serves them verbatim (the seed
 page's examples). `GET /linear-swap-api/v1/swap_contract_info` is public and answers
 from a small contract table.
@@ -14,23 +16,34 @@ from a small contract table.
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
 import hmac
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from etl.sim.base import Simulator, json_response
-from etl.venues.htx import BALANCE, CONTRACT_INFO, POSITIONS, canonical_query, sign
 
+BALANCE = "/v5/account/balance"
+POSITIONS = "/v5/trade/position/opens"
+CONTRACT_INFO = "/linear-swap-api/v1/swap_contract_info"
 SKEW = 300  # seconds a Timestamp may be off, per the docs
+
+
+def expected_signature(secret: str, host: str, path: str, params: dict[str, str]) -> str:
+    """`Signature` for a GET carrying the decoded `params` (all but `Signature` itself)."""
+    encoded = sorted((quote(k, safe=""), quote(v, safe="")) for k, v in params.items())
+    presign = f"GET\n{host.lower()}\n{path}\n" + "&".join(f"{k}={v}" for k, v in encoded)
+    return base64.b64encode(hmac.new(secret.encode(), presign.encode(), hashlib.sha256).digest()).decode()
 
 
 @dataclass
@@ -125,9 +138,7 @@ class HtxSimulator(Simulator):
             return self._reject(12001, "Invalid submission time")
         if abs((datetime.now(UTC) - sent).total_seconds()) > SKEW:
             return self._reject(12001, "Invalid submission time")
-        expected = sign(
-            account.secret, "GET", request.url.hostname or "", request.url.path, canonical_query(params)
-        )
+        expected = expected_signature(account.secret, request.url.hostname or "", request.url.path, params)
         if not hmac.compare_digest(expected, signature):
             return self._reject(403, "Verification failure [校验失败]")
         return account

@@ -8,25 +8,39 @@ call; a Funding wallet may hold one currency on several networks. The `accountId
 shown: ASSUMED). A bad key, signature or timestamp answers `2000 API verification
 failed` with HTTP 200 (the status is not documented: ASSUMED). A user registered with
 `body=` gets that body verbatim (the seed example).
+
+The signature is checked with this module's own code, written from LTP's "Authentication"
+page (never the client's): every query parameter as received, URL-decoded to its raw
+value, sorted by key, joined `k=v&…`, then `&<nonce>`; lower-case hex HMAC-SHA256. The
+`nonce` header (unix seconds) must be within 30 s (not documented: ASSUMED).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import hmac
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from etl.sim.base import Simulator, json_response
-from etl.venues.ltp import ACCOUNT_BALANCE, canonical_params, sign
 
+ACCOUNT_BALANCE = "/api/v1/asset/getAccountCurrencyInfo"
 SKEW_SECONDS = 30
+
+
+def expected_signature(secret: str, raw_query: str, ts: str) -> str:
+    """`signature` for a GET whose URL carried `raw_query`: signed over the decoded values."""
+    params = sorted(parse_qsl(raw_query, keep_blank_values=True))
+    message = "&".join(f"{k}={v}" for k, v in params) + f"&{ts}"
+    return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
 _USDT = Decimal("1E-8")
 
 
@@ -103,9 +117,7 @@ class LtpSimulator(Simulator):
             user is not None
             and ts.isdigit()
             and abs(int(ts) - time.time()) <= SKEW_SECONDS
-            and hmac.compare_digest(
-                sign(user.secret, canonical_params(dict(request.query_params)), ts), signature
-            )
+            and hmac.compare_digest(expected_signature(user.secret, request.url.query, ts), signature)
         )
         if not ok or user is None:
             self.rejected += 1

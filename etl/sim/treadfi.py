@@ -21,7 +21,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from etl.sim.base import Simulator, json_response
-from etl.venues.treadfi import BALANCES
+
+BALANCES = "/api/balances/"
 
 Q8 = Decimal("1E-8")
 Q6 = Decimal("1E-6")

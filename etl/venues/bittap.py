@@ -6,6 +6,11 @@ Facts (shared/venues/bittap.md):
   (CONFIRMED). Message = sorted query + `&timestamp=<ts>&nonce=<nonce>`; an empty query
   leaves the leading `&` (CONFIRMED by the official sample). Digest HMAC-SHA256,
   lower-case hex: ASSUMED (third-party client; the official page cuts off there).
+- The query is built once and that one string is both signed and sent: the official JS
+  sample signs `urlObj.search`, the query as the URL carries it (CONFIRMED), and the docs
+  drop empty values from what is signed, so they are not sent either. Values are
+  percent-encoded RFC 3986 style with upper-case hex (ASSUMED: the docs show only
+  values that need no encoding). No published signature vector exists to check against.
 - Envelope `{"code": "0", "msg": ..., "success": true, "data": ...}`, `code` a string.
   Errors `410001` bad key, `410002` bad signature, `410006` no permission (CONFIRMED);
   whether auth errors come as HTTP 401 or 200 is not documented, both are handled.
@@ -25,6 +30,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -41,9 +47,16 @@ ACCOUNT_TYPE = "futures"
 AUTH_CODES = {"410001", "410002", "410006"}
 
 
+def encode(text: str) -> str:
+    """RFC 3986 percent-encoding with upper-case hex (`,` -> `%2C`, space -> `%20`)."""
+    return quote(text, safe="")
+
+
 def canonical_query(params: Mapping[str, str]) -> str:
-    """Sorted `k=v&...`, empty values dropped, values raw (not URL-encoded)."""
-    return "&".join(f"{k}={v}" for k, v in sorted(params.items()) if v not in (None, ""))
+    """The query string as sent and as signed: encoded `k=v` pairs, empty values dropped,
+    sorted in the docs' dictionary order (by key, then value) of the text the venue receives."""
+    pairs = sorted((encode(k), encode(v)) for k, v in params.items() if v not in (None, ""))
+    return "&".join(f"{k}={v}" for k, v in pairs)
 
 
 def sign(secret: str, query: str, ts: str, nonce: str) -> str:
@@ -60,6 +73,7 @@ def build_request(
     ts: str,
     nonce: str,
 ) -> httpx.Request:
+    """A signed GET whose query string is byte for byte the one that was signed."""
     query = canonical_query(params)
     headers = {
         "X-BT-APIKEY": api_key,
@@ -67,7 +81,8 @@ def build_request(
         "X-BT-TS": ts,
         "X-BT-NONCE": nonce,
     }
-    return httpx.Request("GET", base_url + path, params=dict(params), headers=headers)
+    url = httpx.URL(base_url + path)
+    return httpx.Request("GET", url.copy_with(query=query.encode()) if query else url, headers=headers)
 
 
 def check_envelope(status: int, body: Any) -> None:
