@@ -34,6 +34,7 @@ from etl.sim.base import Simulator, json_response
 
 ACCOUNT_BALANCE = "/api/v1/asset/getAccountCurrencyInfo"
 SKEW_SECONDS = 30
+_USDT = Decimal("1E-8")
 
 
 def expected_signature(secret: str, raw_query: str, ts: str) -> str:
@@ -41,7 +42,6 @@ def expected_signature(secret: str, raw_query: str, ts: str) -> str:
     params = sorted(parse_qsl(raw_query, keep_blank_values=True))
     message = "&".join(f"{k}={v}" for k, v in params) + f"&{ts}"
     return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
-_USDT = Decimal("1E-8")
 
 
 @dataclass

@@ -25,6 +25,11 @@ def response(body: object) -> list[RawResponse]:
     return [RawResponse(bittap.ACCOUNT_INFO, 200, body, FETCHED)]
 
 
+# Self-computed vectors (shared/venues/bittap.md): neither Bittap nor any public client
+# publishes one, so these pin today's output; tests/sim/test_auth.py proves the signer
+# against the simulator's own verifier, written from Bittap's docs.
+
+
 def test_signature_matches_the_documented_vector_without_params():
     assert bittap.sign("test-secret", "", "1758179319143", "8f14e45fceea167a") == (
         "da78a10209801b36770ee659ba4dac687f7601e70612d146ce3b1c73671b7cd5"
@@ -36,6 +41,16 @@ def test_signature_matches_the_documented_vector_with_a_query():
     assert bittap.sign("test-secret", query, "1758179319143", "8f14e45fceea167a") == (
         "14fa0ed7c8895f73fa828fac44f21a2e4b996f5408901cc143b84ee6f8154e22"
     )
+
+
+def test_the_query_is_built_once_encoded_and_without_empty_values():
+    params = {"tag": "a b,c", "note": "", "symbolId": "XRP-USDT-M"}
+    assert bittap.canonical_query(params) == "symbolId=XRP-USDT-M&tag=a%20b%2Cc"
+    request = bittap.build_request(
+        "https://openapi.bittap.com", bittap.ACCOUNT_INFO, params, "k", "s", "1", "n"
+    )
+    assert request.url.query == b"symbolId=XRP-USDT-M&tag=a%20b%2Cc"
+    assert request.headers["X-BT-SIGN"] == bittap.sign("s", "symbolId=XRP-USDT-M&tag=a%20b%2Cc", "1", "n")
 
 
 def test_request_carries_the_four_auth_headers_and_no_secret():

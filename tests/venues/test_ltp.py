@@ -61,6 +61,12 @@ def envelope(*elements: dict[str, Any]) -> dict[str, Any]:
 # --- signing -------------------------------------------------------------------------
 
 
+# Self-computed vectors (shared/venues/ltp.md): LTP's docs and official SDKs (Python,
+# Java, C++) show the recipe but publish no key/timestamp/signature triple, so these pin
+# today's output; tests/sim/test_auth.py proves the signer against the simulator's own
+# verifier, written from LTP's docs.
+
+
 def test_signature_matches_the_documented_vector_without_params():
     assert ltp.canonical_params({}) == ""
     assert ltp.sign("test-secret", "", "1712345678") == (

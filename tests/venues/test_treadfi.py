@@ -57,6 +57,21 @@ def test_request_sends_the_token_the_drf_way_and_no_secret_elsewhere():
     assert "python-httpx" not in request.headers["User-Agent"]
 
 
+def test_the_request_is_the_one_the_official_client_sends():
+    """Tread.fi signs nothing: what an independent implementation can prove is the request.
+
+    Source: tread-labs-public/taas-api-client, `taas_api/client.py`, commit
+    a630d77576757751aa67098344ec13146056a147: `_common_headers` sends
+    `Authorization: Token <auth_token>`; `get_balances(account_names=[...])` GETs
+    `/api/balances/` with `account_names` joined by `,` into one parameter.
+    """
+    params = treadfi.request_params({"account_names": "AccountABC,Account123"})
+    request = treadfi.build_request("https://app.tread.fi", params, "the-token")
+    assert (request.method, request.url.path) == ("GET", "/api/balances/")
+    assert request.headers["Authorization"] == "Token the-token"
+    assert list(request.url.params.multi_items()) == [("account_names", "AccountABC,Account123")]
+
+
 def test_account_names_are_sent_as_one_comma_separated_parameter():
     params = treadfi.request_params({"account_names": " AccountABC, Account123 ,, "})
     request = treadfi.build_request("https://app.tread.fi", params, "t")
