@@ -497,6 +497,58 @@ def rollup(
         out.print("nothing to rebuild: no closed bucket with snapshot rows in that range")
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@app.command()
+@one_line_errors
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str, typer.Option(help="Address to bind; off loopback a token is required.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ETL_SERVE_TOKEN",
+            help="Token every request must carry (header, cookie or ?token= once). Default: $ETL_SERVE_TOKEN.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Read-only web dashboard and JSON API over the store (no venue secret needed)."""
+    import uvicorn
+
+    from etl.config import data_dir
+    from etl.spool import Spool
+    from etl.store.engine import database_url, make_engine
+    from etl.web.app import Dashboard, create_app
+
+    if host not in LOOPBACK and not host.startswith("127.") and not token:
+        raise ConfigError(f"--host {host}: off loopback the dashboard needs --token or ETL_SERVE_TOKEN")
+    settings = load_settings(config)
+    # Read-only transactions: whatever a route runs, the dashboard cannot write.
+    engine = make_engine(
+        database_url(settings),
+        connect_args={"connect_timeout": 5, "options": "-c default_transaction_read_only=on"},
+    )
+    _engines.append(engine)
+    _require_schema(engine)
+    dashboard = Dashboard(engine, settings, Spool(data_dir() / "spool"))
+    shown = f"[{host}]" if ":" in host else host
+    out.print(f"dashboard on http://{shown}:{port}/ (read-only; Ctrl-C stops it)", markup=False, highlight=False)
+    uvicorn.run(create_app(dashboard, token=token), host=host, port=port, log_level="warning", access_log=False)
+
+
+def _require_schema(engine: Engine) -> None:
+    """Reading never migrates: a database behind the code gets a one-line hint."""
+    from alembic.script import ScriptDirectory
+
+    from etl.store import migrate
+
+    if migrate.current(engine) != ScriptDirectory.from_config(migrate.alembic_config()).get_current_head():
+        raise ConfigError("the database schema is not at this version's head: run `etl db upgrade`")
+
+
 def main() -> None:
     try:
         app()

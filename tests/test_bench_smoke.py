@@ -47,3 +47,10 @@ def test_poll_bench_runs_daemon_cycles_without_provoking_a_429():
     assert figures["not_ok"] == 0
     for key in ("cycle_vs_floor", "cpu_ms_per_account", "peak_rss_mb"):
         assert figures[key] > 0, key
+
+
+def test_serve_bench_times_the_overview_against_the_per_slot_reference():
+    figures = run_bench("bench/serve.py", "--accounts", "20", "--days", "2")
+    assert figures["points_90d"] == 48  # two days of hourly buckets
+    for key in ("overview_page_ms", "chart_90d_ms", "first_render_ms", "sql_90d_ms", "reference_ms"):
+        assert figures[key] > 0, key
