@@ -29,6 +29,25 @@ lower-cased, the documented numeric states 1/3/5/6 given their names), `data.det
 position rows with `direction` buy/sell -> long/short. The source is one account: its
 external id is the source name. `""`/null -> NULL, never 0; negative balances are legal.
 
+Account-level zeros beside funded details (decided; the state itself is ASSUMED). A live
+code-200 answer recorded by ccxt (ccxt/ccxt `ts/src/test/static/response/htx.json`,
+fetchBalance "Linear swap fetch balance") has `data.equity`, `available_margin`, both
+margins and `profit_unreal` all `"0"`, and an account `updated_time` 19 days older than the
+answer, while `details[0]` (USDT) holds equity 162.52, initial margin 4.024. ccxt asked
+with `subType: linear`, not its multi-asset mode: since HTX moved USDT-M futures to v5
+(ccxt #28884, #28926), single-asset-collateral accounts are read here too, and HTX
+documents this endpoint's account totals for Multi-Assets Collateral mode only
+(`/v5/account/asset_mode` 0 = single-asset, 1 = multi-assets). So the account-level
+figures are read as not maintained for such an account; ccxt reads only `details[]`.
+What the row says then: account equity `0` while a detail's equity is not 0 makes the
+account row the USDT detail's figures (equity, its `available_margin`, margins, rate,
+PnL, `updated_time`), exact and in USDT like the row always is, and the account-level
+figures as sent go to `extra` under their own names (so the `0`s stay visible). If a
+currency other than USDT holds funds in that state, no USDT total can be derived without
+prices: the slot fails loudly (SOURCE_DATA) and the portfolio shows the account as
+expected but not reporting, never as a loss to 0. Otherwise the account-level figures are
+stored as sent.
+
 Position `volume` counts contracts. Quantity in base units = volume x `contract_size`
 from the public `GET /linear-swap-api/v1/swap_contract_info?contract_code=..&business_type=all`
 (unsigned; `business_type=all` so delivery contracts such as `BTC-USDT-250328` are found
@@ -58,7 +77,7 @@ import httpx
 from etl.config import SourceConfig
 from etl.errors import NormalizeError, VenueError
 from etl.records import AccountRef, AccountRow, BalanceRow, Batch, PositionRow, RawResponse
-from etl.venues.fields import EXACT, Fields
+from etl.venues.fields import EXACT, Fields, parse_decimal
 from etl.venues.http import RequestFactory, VenueClient
 
 DEFAULT_BASE_URL = "https://api.hbdm.com"
@@ -311,8 +330,21 @@ def _balance(account: str, item: Any, where: str) -> BalanceRow:
     )
 
 
-def _account(account: str, data: Fields) -> AccountRow:
+# The account-level money of `data`: kept in `extra` as sent when it is not what the row says.
+_ACCOUNT_FIGURES = (
+    "equity", "available_margin", "initial_margin", "maintenance_margin",
+    "maintenance_margin_rate", "profit_unreal", "updated_time",
+)  # fmt: skip
+
+
+def _state(data: Fields) -> str | None:
     state = data.text("state")
+    return _STATES.get(state, state.lower()) if state is not None else None
+
+
+def _account(account: str, data: Fields, balances: Sequence[BalanceRow]) -> AccountRow:
+    if data.decimal("equity") == 0 and any(b.equity for b in balances):
+        return _account_from_details(account, data, balances)
     return AccountRow(
         account=account,
         account_type=ACCOUNT_TYPE,
@@ -323,9 +355,42 @@ def _account(account: str, data: Fields) -> AccountRow:
         maintenance_margin_rate=data.decimal("maintenance_margin_rate"),
         unrealized_pnl=data.decimal("profit_unreal"),
         equity_currency=EQUITY_CURRENCY,
-        state=_STATES.get(state, state.lower()) if state is not None else None,
+        state=_state(data),
         venue_ts=data.ms_time("updated_time"),
         extra=data.rest("details"),
+    )
+
+
+def _account_from_details(account: str, data: Fields, balances: Sequence[BalanceRow]) -> AccountRow:
+    """Account-level figures all "0" while a currency holds funds (see the module docstring):
+    the account row is the USDT detail's, exact; anything else held cannot be put in USDT."""
+    held = sorted({b.currency for b in balances if b.equity and b.currency != EQUITY_CURRENCY})
+    if held:
+        raise NormalizeError(
+            f"{data.where}.equity: 0 while details hold {', '.join(held)}: no account total in "
+            f"{EQUITY_CURRENCY} can be derived (is the account in Multi-Assets Collateral mode?)"
+        )
+    usdts = [b for b in balances if b.currency == EQUITY_CURRENCY]
+    if len(usdts) != 1:
+        raise NormalizeError(f"{data.where}.details: expected one {EQUITY_CURRENCY} entry, got {len(usdts)}")
+    usdt = usdts[0]
+    where = f"{data.where}.details[{balances.index(usdt)}]"
+    sent = {name: data.raw(name) for name in _ACCOUNT_FIGURES if data.raw(name) is not None}
+    return AccountRow(
+        account=account,
+        account_type=ACCOUNT_TYPE,
+        equity=usdt.equity,
+        available_margin=parse_decimal(usdt.extra.get("available_margin"), f"{where}.available_margin"),
+        initial_margin=usdt.initial_margin,
+        maintenance_margin=usdt.maintenance_margin,
+        maintenance_margin_rate=parse_decimal(
+            usdt.extra.get("maintenance_margin_rate"), f"{where}.maintenance_margin_rate"
+        ),
+        unrealized_pnl=usdt.unrealized_pnl,
+        equity_currency=EQUITY_CURRENCY,
+        state=_state(data),
+        venue_ts=usdt.venue_ts,
+        extra={**data.rest("details"), **sent},
     )
 
 
@@ -392,6 +457,6 @@ def normalize(source: str, responses: Sequence[RawResponse]) -> Batch:
     return Batch(
         accounts=(AccountRef(external_id=source),),
         balances=balances,
-        account_rows=(_account(source, data),),
+        account_rows=(_account(source, data, balances),),
         positions=positions,
     )
