@@ -83,6 +83,14 @@ def test_sell_is_short_and_quantity_is_absolute():
     )
 
 
+@pytest.mark.parametrize("quantity", ["0", "0.000", "-0"])
+def test_a_zero_quantity_position_is_not_open_and_gets_no_row(quantity):
+    """It used to be stored as an open long of 0 (side BUY, quantity 0)."""
+    body = seed_body()
+    body["data"]["positions"][0]["quantity"] = quantity
+    assert bittap.normalize("b", response(body)).positions == ()
+
+
 def test_a_non_number_names_the_field_and_its_position():
     body = seed_body()
     body["data"]["assets"][0]["balance"] = "12,5 USDT"

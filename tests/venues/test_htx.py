@@ -181,6 +181,13 @@ def test_the_conversion_keeps_every_digit():
     assert str(position.quantity) == "1234567890123456789012345678.90123456789"
 
 
+@pytest.mark.parametrize("volume", ["0", "0.0"])
+def test_a_position_of_zero_contracts_is_not_open_and_gets_no_row(volume):
+    body = seed_positions()
+    body["data"][0].update(volume=volume, available=volume)
+    assert htx.normalize("h", responses(positions=body)).positions == ()
+
+
 def test_a_delivery_contract_splits_into_base_and_quote():
     body = seed_positions()
     body["data"][0]["contract_code"] = "BTC-USDT-260327"

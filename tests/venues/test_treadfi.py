@@ -255,9 +255,10 @@ def test_a_negative_size_is_a_short_with_the_exact_absolute_quantity():
     assert str(eth.quantity) == LONG  # abs() would round to 28 digits
 
 
-def test_a_flat_position_is_not_an_open_position():
+@pytest.mark.parametrize("size", [0, Decimal("0.0"), Decimal("-0E-8"), "0"])
+def test_a_flat_position_is_not_an_open_position(size):
     body = seed_body()
-    body["AccountABC"]["assets"][0]["size"] = 0
+    body["AccountABC"]["assets"][0]["size"] = size
     assert [p.symbol for p in normalize(body).positions] == ["BTC:PERP-USDT"]
 
 
