@@ -7,7 +7,8 @@ Facts (shared/venues/bittap.md):
   leaves the leading `&` (CONFIRMED by the official sample). Digest HMAC-SHA256,
   lower-case hex: ASSUMED (third-party client; the official page cuts off there).
 - Envelope `{"code": "0", "msg": ..., "success": true, "data": ...}`, `code` a string.
-  Errors `410001` bad key, `410002` bad signature, `410006` no permission (CONFIRMED);
+  Errors `410001` bad key, `410002` bad signature, `410006` no permission (CONFIRMED),
+  each with the auth hint;
   whether auth errors come as HTTP 401 or 200 is not documented, both are handled.
 - Limits 600 requests/min and 10/s (CONFIRMED numbers; scope ASSUMED per key).
 
@@ -77,7 +78,10 @@ def check_envelope(status: int, body: Any) -> None:
     if body.get("success") is True and code == "0":
         return
     message = body.get("msg") or "no message"
-    raise VenueError(f"HTTP {status}, code {code}: {message}", transient=code == "500")
+    hint = (
+        " (check the API key, its secret, its Futures permission and the clock)" if code in AUTH_CODES else ""
+    )
+    raise VenueError(f"HTTP {status}, code {code}: {message}{hint}", transient=code == "500")
 
 
 async def fetch(http: VenueClient, source: SourceConfig) -> list[RawResponse]:

@@ -16,11 +16,20 @@ Facts (shared/venues/htx.md):
 - Envelopes: v5 `{"code": 200, "message"|"msg": ..., "data": ..., "ts": ...}`; the
   contract-info endpoint and the gateway (auth) use the legacy
   `{"status": "ok"|"error", "err_code"|"err-code": ..., "err_msg"|"err-msg": ...}`; all
-  of these keys are read. Auth codes (403, 12001-12009, 1253) are terminal; "system busy"
-  1004, system errors 1000/1001, rate limit 1032 and settlement-in-progress 1077-1080
-  are transient. Whether errors come with HTTP 200 or 4xx is not documented: both work.
-  The docs warn of intermittent 403s; we do not retry them (an auth error is terminal
-  here), the next slot is the retry.
+  of these keys are read. Auth codes (403, 12001-12009, 1253, and 1003 "invalid
+  signature", which HTX.Net's HTXErrors.cs maps as Unauthorized) are terminal and carry
+  the auth hint; "system busy" 1004, system errors 1000/1001, rate limit 1032 and
+  settlement-in-progress 1077-1080 are transient. Whether errors come with HTTP 200 or
+  4xx is not documented: both work.
+- A gateway 403 is retried once, with a fresh timestamp and signature, then terminal
+  (decided). Evidence: HuobiRDCenter/huobi_Java#43 sees 403 "Verification failure" on a
+  few requests in a row, then success; HTX.Net (HTXErrors.cs,
+  FuturesMapping, commit 3e6b23a) marks futures 403 as transient. Against more: #43's
+  request sends its signature unencoded (`+` and `/` raw), a client bug ours does not
+  have (the signature is percent-encoded), HTX.Net marks "API key expired" transient in
+  the same table (so its flag is not evidence of flakiness), and a wrong key or secret
+  also answers 403. One retry costs one request of the 72 per 3 s and saves a slot from
+  a gateway hiccup; a second 403 is a credential problem, reported as such.
 - Rate limit: 72 read requests per 3 s per UID (CONFIRMED; shared by all keys of a UID).
 
 Mapping: `data` -> one account row (account_type `futures`, equity in USDT, `state`
@@ -89,7 +98,8 @@ ACCOUNT_TYPE = "futures"
 EQUITY_CURRENCY = "USDT"
 CONTRACT_INFO_TTL = 3600.0  # seconds; contract sizes change rarely, new listings are fetched on sight
 
-AUTH_CODES = {"403", "1253", *(str(c) for c in range(12001, 12010)), "api-signature-not-valid"}
+AUTH_CODES = {"403", "1003", "1253", *(str(c) for c in range(12001, 12010)), "api-signature-not-valid"}
+RETRIED_ONCE = {"403"}  # the gateway's intermittent verification failure (module docstring)
 TRANSIENT_CODES = {"1000", "1001", "1004", "1032", "1077", "1078", "1079", "1080"}
 MODE_CODES = {"4002", "4003", "4004", "4005", "4007"}
 
@@ -172,7 +182,11 @@ def check_envelope(status: int, body: Any) -> None:
         hint = " (authentication failed: check the API key, its secret and the clock)"
     elif code in MODE_CODES:
         hint = " (is the account in Multi-Assets Collateral mode?)"
-    raise VenueError(f"HTTP {status}, code {code}: {message}{hint}", transient=code in TRANSIENT_CODES)
+    raise VenueError(
+        f"HTTP {status}, code {code}: {message}{hint}",
+        transient=code in TRANSIENT_CODES,
+        retries=1 if code in RETRIED_ONCE else 0,
+    )
 
 
 # --- fetch ---------------------------------------------------------------------------

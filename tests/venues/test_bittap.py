@@ -114,7 +114,8 @@ def test_an_unknown_side_is_an_error():
         (
             401,
             {"code": "410002", "msg": "Signature verification failed", "success": False},
-            "HTTP 401, code 410002: Signature verification failed",
+            "HTTP 401, code 410002: Signature verification failed "
+            r"\(check the API key, its secret, its Futures permission and the clock\)$",
         ),
         (
             200,

@@ -20,6 +20,7 @@ from sqlalchemy import Engine, text
 from etl import exactjson
 from etl.errors import NormalizeError, VenueError
 from etl.records import RawResponse
+from etl.sim.base import Fault
 from etl.sim.htx import HtxSimulator
 from etl.store.load import load_slot
 from etl.venues import htx
@@ -356,6 +357,13 @@ def test_the_ccxt_payload_loads_into_the_portfolio_total_not_as_zero(engine):
             r"Multi-Assets Collateral mode",
             False,
         ),
+        (
+            # HTX.Net HTXErrors.cs (commit 3e6b23a5): "1003" Invalid signature, Unauthorized, not transient
+            200,
+            {"code": "1003", "message": "invalid signature"},
+            r"HTTP 200, code 1003: invalid signature \(authentication failed: check the API key, its secret and the clock\)$",
+            False,
+        ),
         (200, {"code": 1030, "message": "", "msg": "Input error"}, r"code 1030: Input error$", False),
         (200, [], r"expected a JSON object, got list", False),
         (200, {"data": {}}, r"neither `code` nor `status`", False),
@@ -365,6 +373,7 @@ def test_error_envelopes_become_venue_errors(status, body, message, transient):
     with pytest.raises(VenueError, match=message) as caught:
         htx.check_envelope(status, body)
     assert caught.value.transient is transient
+    assert caught.value.retries == (1 if "code 403" in str(caught.value) else 0)  # only the gateway's 403
 
 
 @pytest.mark.parametrize(
@@ -686,7 +695,7 @@ def test_wrong_credentials_give_htx_auth_error_and_write_nothing_for_that_source
         "htx-bad: htx GET /v5/account/balance: HTTP 200, code 403: Verification failure [校验失败] "
         "(authentication failed: check the API key, its secret and the clock)"
     )
-    assert results["htx-bad"].attempts == 1 and sim.rejected == 1
+    assert results["htx-bad"].attempts == 2 and sim.rejected == 2  # a 403 is retried once, then terminal
     assert "not-the-secret" not in error
     assert rows(engine, "SELECT status, error FROM ingestion_runs WHERE source = 'htx-bad'") == [
         ("error", error)
@@ -695,6 +704,33 @@ def test_wrong_credentials_give_htx_auth_error_and_write_nothing_for_that_source
     assert rows(engine, "SELECT count(*) FROM raw_payloads WHERE source = 'htx-bad'") == [(0,)]
     assert by_source(engine, "balance_snapshots", "htx-seed") == 2
     assert count(engine, "balance_snapshots") == 2
+
+
+def test_an_intermittent_403_is_retried_once_with_a_fresh_signature_and_the_slot_loads(engine, seed_server):
+    """huobi_Java#43: "it fails for about 3,4 request, and then the next request succeeded"."""
+    sim, url = seed_server
+    denied = '{"status": "error", "err_code": 403, "err_msg": "Verification failure [校验失败]", "ts": 1}'
+    sim.fail_next(Fault(status=200, body=denied, content_type="application/json"))
+    result = run(engine, settings_for(source_entry("htx-seed", "htx", url, "seed-key", "seed-secret")))[
+        "htx-seed"
+    ]
+    assert result.status == "ok", result.error
+    assert result.attempts == 2 and sim.requests[htx.BALANCE] == 2
+    assert by_source(engine, "balance_snapshots", "htx-seed") == 2
+
+
+def test_a_403_twice_is_terminal_and_not_retried_five_times(engine, seed_server):
+    sim, url = seed_server
+    denied = '{"status": "error", "err_code": 403, "err_msg": "Verification failure [校验失败]", "ts": 1}'
+    sim.fail_next(*(Fault(status=200, body=denied, content_type="application/json") for _ in range(3)))
+    result = run(engine, settings_for(source_entry("htx-seed", "htx", url, "seed-key", "seed-secret")))[
+        "htx-seed"
+    ]
+    assert result.status == "error" and result.error.endswith(
+        "(authentication failed: check the API key, its secret and the clock)"
+    )
+    assert result.attempts == 2 and sim.requests[htx.BALANCE] == 2
+    assert rows(engine, "SELECT status FROM ingestion_runs WHERE source = 'htx-seed'") == [("error",)]
 
 
 def test_an_unknown_key_is_refused_with_htx_access_key_error(engine, seed_server):
