@@ -15,7 +15,9 @@ Facts (shared/venues/bittap.md):
 Mapping: `data.assets[]` -> balance rows (account_type `futures`), `data` totals -> the
 account row, `data.positions[]` -> position rows. The source is one account: its
 external id is the source name. `liquidPrice: "0"` means "no liquidation" and is kept
-as the venue sent it; nulls stay NULL. Quantities are base units (ASSUMED).
+as the venue sent it; nulls stay NULL. Quantities are base units (CONFIRMED by the docs'
+own arithmetic: 871.1 x 3.0721 = 2676.10631 = `entryValue`); a quantity of 0 is not an
+open position and gets no row (the rule `Batch` keeps for every venue).
 """
 
 from __future__ import annotations

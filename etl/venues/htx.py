@@ -4,9 +4,10 @@ Facts (shared/venues/htx.md):
 - Base URL `https://api.hbdm.com` (AWS clients: `https://api.hbdm.vn`) (CONFIRMED for the
   positions page; the balance page's own address table is empty, same host ASSUMED).
 - `GET /v5/account/balance` (no parameters) and `GET /v5/trade/position/opens` (optional
-  `contract_code`, taken from the source's `params`) (CONFIRMED). They only work for
-  accounts in Multi-Assets Collateral mode; codes 4002-4007 are what a wrong-mode account
-  most likely gets (ASSUMED) and the error says so.
+  `contract_code`, taken from the source's `params`) (CONFIRMED). The balance is
+  documented for Multi-Assets Collateral mode; a single-asset account is most likely
+  answered with account-level zeros (see below), and codes 4002-4007 are the other answers
+  a wrong-mode account may get (ASSUMED): the error says so.
 - Auth: Signature Version 2 in the query string, also for /v5 (CONFIRMED by HTX.Net):
   `AccessKeyId`, `SignatureMethod=HmacSHA256`, `SignatureVersion=2`, `Timestamp`
   (UTC `YYYY-MM-DDThh:mm:ss`, valid 5 minutes) plus the business parameters, each

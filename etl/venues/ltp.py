@@ -13,7 +13,8 @@ BINANCE, BYBIT, OKEX, … and the LTP Funding account. Facts (shared/venues/ltp.
   `X-MBX-APIKEY`, `nonce` (unix *seconds*) and `signature` = lower-case hex
   HMAC-SHA256(secret, sorted raw `k=v&…` + `&` + ts); no params -> `&<ts>`. Values are
   signed raw and sent URL-encoded (`10001,10002` is signed, `10001%2C10002` is sent).
-  Keys made before 2023-10-19 may be V1 keys with another recipe (ASSUMED: use a V2 key).
+  Keys made before 2023-10-19 are V1 keys, which cannot use this endpoint (CONFIRMED,
+  "Get started with LTP API V2"): use a V2 key.
 - Envelope `{"code", "message", "data"}`. Success `200000`; `200` also accepted (a
   third-party write-up and a ccxt-style adapter both see `200`) (ASSUMED for this
   endpoint). `2000` "API verification failed", `2002` "Invalid API authorization" (arena
