@@ -46,11 +46,15 @@ class VenueError(EtlError):
         transient: bool = False,
         retry_after: float | None = None,
         fault: Fault | None = None,
+        retries: int = 0,
     ):
         super().__init__(message)
         self.transient = transient
         self.retry_after = retry_after
         self.fault = fault  # None: VENUE_TRANSIENT or VENUE_TERMINAL by `transient`
+        # A terminal error the venue is known to send spuriously: retried this many times
+        # (a fresh request each time), then terminal as classified.
+        self.retries = retries
 
 
 class NormalizeError(EtlError):

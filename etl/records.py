@@ -100,12 +100,22 @@ class RawResponse:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Everything one source produced for one slot: what the loader writes in one transaction."""
+    """Everything one source produced for one slot: what the loader writes in one transaction.
+
+    A position of size 0 is not open and gets no row, whichever venue sent it (Bybit and
+    others list flat symbols with size 0): every normalizer builds its Batch, so the rule
+    is kept here, once. A position whose size was not sent (quantity None) is kept.
+    """
 
     accounts: tuple[AccountRef, ...] = ()
     balances: tuple[BalanceRow, ...] = ()
     account_rows: tuple[AccountRow, ...] = ()
     positions: tuple[PositionRow, ...] = ()
+
+    def __post_init__(self) -> None:
+        if any(p.quantity == 0 for p in self.positions):
+            open_ = tuple(p for p in self.positions if p.quantity != 0)
+            object.__setattr__(self, "positions", open_)  # frozen: set once, at construction
 
     def counts(self) -> dict[str, int]:
         return {

@@ -12,14 +12,17 @@ Facts (shared/venues/bittap.md):
   percent-encoded RFC 3986 style with upper-case hex (ASSUMED: the docs show only
   values that need no encoding). No published signature vector exists to check against.
 - Envelope `{"code": "0", "msg": ..., "success": true, "data": ...}`, `code` a string.
-  Errors `410001` bad key, `410002` bad signature, `410006` no permission (CONFIRMED);
+  Errors `410001` bad key, `410002` bad signature, `410006` no permission (CONFIRMED),
+  each with the auth hint;
   whether auth errors come as HTTP 401 or 200 is not documented, both are handled.
 - Limits 600 requests/min and 10/s (CONFIRMED numbers; scope ASSUMED per key).
 
 Mapping: `data.assets[]` -> balance rows (account_type `futures`), `data` totals -> the
 account row, `data.positions[]` -> position rows. The source is one account: its
 external id is the source name. `liquidPrice: "0"` means "no liquidation" and is kept
-as the venue sent it; nulls stay NULL. Quantities are base units (ASSUMED).
+as the venue sent it; nulls stay NULL. Quantities are base units (CONFIRMED by the docs'
+own arithmetic: 871.1 x 3.0721 = 2676.10631 = `entryValue`); a quantity of 0 is not an
+open position and gets no row (the rule `Batch` keeps for every venue).
 """
 
 from __future__ import annotations
@@ -92,7 +95,10 @@ def check_envelope(status: int, body: Any) -> None:
     if body.get("success") is True and code == "0":
         return
     message = body.get("msg") or "no message"
-    raise VenueError(f"HTTP {status}, code {code}: {message}", transient=code == "500")
+    hint = (
+        " (check the API key, its secret, its Futures permission and the clock)" if code in AUTH_CODES else ""
+    )
+    raise VenueError(f"HTTP {status}, code {code}: {message}{hint}", transient=code == "500")
 
 
 async def fetch(http: VenueClient, source: SourceConfig) -> list[RawResponse]:

@@ -4,7 +4,9 @@ A venue hands `VenueClient.send` a *request factory* (called again on each attem
 signatures carry a fresh timestamp and nonce) and an envelope check. This module
 classifies failures: timeouts, connection errors, 5xx and 429 are transient and
 retried with exponential backoff and jitter (a 429's `Retry-After` is honoured), all
-within the slot's deadline; anything else (auth, validation, bad body) is terminal.
+within the slot's deadline; anything else (auth, validation, bad body) is terminal,
+retried only as often as the venue's check says (`VenueError.retries`, e.g. HTX's
+spurious 403 once).
 The httpx client is shared (connection pooling); tests pass one built on
 `httpx.ASGITransport(simulator)`.
 """
@@ -22,11 +24,11 @@ import httpx
 from aiolimiter import AsyncLimiter
 from tenacity import (
     AsyncRetrying,
-    retry_if_exception,
     stop_after_attempt,
     stop_before_delay,
     wait_exponential_jitter,
 )
+from tenacity.retry import retry_base
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
@@ -81,8 +83,17 @@ class _wait_retry_after(wait_base):
         return float(self.backoff(retry_state))
 
 
-def _transient(err: BaseException) -> bool:
-    return isinstance(err, EtlError) and err.transient
+class _retry_policy(retry_base):
+    """Retry a transient error; a terminal one only as often as its `retries` allows."""
+
+    def __call__(self, retry_state: Any) -> bool:
+        outcome = retry_state.outcome
+        err = outcome.exception() if outcome is not None else None
+        if not isinstance(err, EtlError):
+            return False
+        if err.transient:
+            return True
+        return isinstance(err, VenueError) and retry_state.attempt_number <= err.retries
 
 
 class VenueClient:
@@ -126,7 +137,7 @@ class VenueClient:
             stop = stop | stop_before_delay(max(0.0, self.deadline - time.monotonic()))
         attempt_no = 0
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception(_transient),
+            retry=_retry_policy(),
             wait=_wait_retry_after(self.backoff),
             stop=stop,
             reraise=True,
@@ -171,7 +182,7 @@ class VenueClient:
             check(status, body)
         except VenueError as err:
             raise VenueError(
-                f"{where}: {err}", transient=err.transient, retry_after=err.retry_after
+                f"{where}: {err}", transient=err.transient, retry_after=err.retry_after, retries=err.retries
             ) from None
         if status >= 400:
             raise VenueError(f"{where}: HTTP {status}: {snippet(response.content)}")

@@ -4,9 +4,10 @@ Facts (shared/venues/htx.md):
 - Base URL `https://api.hbdm.com` (AWS clients: `https://api.hbdm.vn`) (CONFIRMED for the
   positions page; the balance page's own address table is empty, same host ASSUMED).
 - `GET /v5/account/balance` (no parameters) and `GET /v5/trade/position/opens` (optional
-  `contract_code`, taken from the source's `params`) (CONFIRMED). They only work for
-  accounts in Multi-Assets Collateral mode; codes 4002-4007 are what a wrong-mode account
-  most likely gets (ASSUMED) and the error says so.
+  `contract_code`, taken from the source's `params`) (CONFIRMED). The balance is
+  documented for Multi-Assets Collateral mode; a single-asset account is most likely
+  answered with account-level zeros (see below), and codes 4002-4007 are the other answers
+  a wrong-mode account may get (ASSUMED): the error says so.
 - Auth: Signature Version 2 in the query string, also for /v5 (CONFIRMED by HTX.Net):
   `AccessKeyId`, `SignatureMethod=HmacSHA256`, `SignatureVersion=2`, `Timestamp`
   (UTC `YYYY-MM-DDThh:mm:ss`, valid 5 minutes) plus the business parameters, each
@@ -16,11 +17,20 @@ Facts (shared/venues/htx.md):
 - Envelopes: v5 `{"code": 200, "message"|"msg": ..., "data": ..., "ts": ...}`; the
   contract-info endpoint and the gateway (auth) use the legacy
   `{"status": "ok"|"error", "err_code"|"err-code": ..., "err_msg"|"err-msg": ...}`; all
-  of these keys are read. Auth codes (403, 12001-12009, 1253) are terminal; "system busy"
-  1004, system errors 1000/1001, rate limit 1032 and settlement-in-progress 1077-1080
-  are transient. Whether errors come with HTTP 200 or 4xx is not documented: both work.
-  The docs warn of intermittent 403s; we do not retry them (an auth error is terminal
-  here), the next slot is the retry.
+  of these keys are read. Auth codes (403, 12001-12009, 1253, and 1003 "invalid
+  signature", which HTX.Net's HTXErrors.cs maps as Unauthorized) are terminal and carry
+  the auth hint; "system busy" 1004, system errors 1000/1001, rate limit 1032 and
+  settlement-in-progress 1077-1080 are transient. Whether errors come with HTTP 200 or
+  4xx is not documented: both work.
+- A gateway 403 is retried once, with a fresh timestamp and signature, then terminal
+  (decided). Evidence: HuobiRDCenter/huobi_Java#43 sees 403 "Verification failure" on a
+  few requests in a row, then success; HTX.Net (HTXErrors.cs,
+  FuturesMapping, commit 3e6b23a) marks futures 403 as transient. Against more: #43's
+  request sends its signature unencoded (`+` and `/` raw), a client bug ours does not
+  have (the signature is percent-encoded), HTX.Net marks "API key expired" transient in
+  the same table (so its flag is not evidence of flakiness), and a wrong key or secret
+  also answers 403. One retry costs one request of the 72 per 3 s and saves a slot from
+  a gateway hiccup; a second 403 is a credential problem, reported as such.
 - Rate limit: 72 read requests per 3 s per UID (CONFIRMED; shared by all keys of a UID).
 
 Mapping: `data` -> one account row (account_type `futures`, equity in USDT, `state`
@@ -28,6 +38,25 @@ lower-cased, the documented numeric states 1/3/5/6 given their names), `data.det
 -> one balance row per currency (no wallet `total` is sent: it stays NULL), positions ->
 position rows with `direction` buy/sell -> long/short. The source is one account: its
 external id is the source name. `""`/null -> NULL, never 0; negative balances are legal.
+
+Account-level zeros beside funded details (decided; the state itself is ASSUMED). A live
+code-200 answer recorded by ccxt (ccxt/ccxt `ts/src/test/static/response/htx.json`,
+fetchBalance "Linear swap fetch balance") has `data.equity`, `available_margin`, both
+margins and `profit_unreal` all `"0"`, and an account `updated_time` 19 days older than the
+answer, while `details[0]` (USDT) holds equity 162.52, initial margin 4.024. ccxt asked
+with `subType: linear`, not its multi-asset mode: since HTX moved USDT-M futures to v5
+(ccxt #28884, #28926), single-asset-collateral accounts are read here too, and HTX
+documents this endpoint's account totals for Multi-Assets Collateral mode only
+(`/v5/account/asset_mode` 0 = single-asset, 1 = multi-assets). So the account-level
+figures are read as not maintained for such an account; ccxt reads only `details[]`.
+What the row says then: account equity `0` while a detail's equity is not 0 makes the
+account row the USDT detail's figures (equity, its `available_margin`, margins, rate,
+PnL, `updated_time`), exact and in USDT like the row always is, and the account-level
+figures as sent go to `extra` under their own names (so the `0`s stay visible). If a
+currency other than USDT holds funds in that state, no USDT total can be derived without
+prices: the slot fails loudly (SOURCE_DATA) and the portfolio shows the account as
+expected but not reporting, never as a loss to 0. Otherwise the account-level figures are
+stored as sent.
 
 Position `volume` counts contracts. Quantity in base units = volume x `contract_size`
 from the public `GET /linear-swap-api/v1/swap_contract_info?contract_code=..&business_type=all`
@@ -58,7 +87,7 @@ import httpx
 from etl.config import SourceConfig
 from etl.errors import NormalizeError, VenueError
 from etl.records import AccountRef, AccountRow, BalanceRow, Batch, PositionRow, RawResponse
-from etl.venues.fields import EXACT, Fields
+from etl.venues.fields import EXACT, Fields, parse_decimal
 from etl.venues.http import RequestFactory, VenueClient
 
 DEFAULT_BASE_URL = "https://api.hbdm.com"
@@ -70,7 +99,8 @@ ACCOUNT_TYPE = "futures"
 EQUITY_CURRENCY = "USDT"
 CONTRACT_INFO_TTL = 3600.0  # seconds; contract sizes change rarely, new listings are fetched on sight
 
-AUTH_CODES = {"403", "1253", *(str(c) for c in range(12001, 12010)), "api-signature-not-valid"}
+AUTH_CODES = {"403", "1003", "1253", *(str(c) for c in range(12001, 12010)), "api-signature-not-valid"}
+RETRIED_ONCE = {"403"}  # the gateway's intermittent verification failure (module docstring)
 TRANSIENT_CODES = {"1000", "1001", "1004", "1032", "1077", "1078", "1079", "1080"}
 MODE_CODES = {"4002", "4003", "4004", "4005", "4007"}
 
@@ -153,7 +183,11 @@ def check_envelope(status: int, body: Any) -> None:
         hint = " (authentication failed: check the API key, its secret and the clock)"
     elif code in MODE_CODES:
         hint = " (is the account in Multi-Assets Collateral mode?)"
-    raise VenueError(f"HTTP {status}, code {code}: {message}{hint}", transient=code in TRANSIENT_CODES)
+    raise VenueError(
+        f"HTTP {status}, code {code}: {message}{hint}",
+        transient=code in TRANSIENT_CODES,
+        retries=1 if code in RETRIED_ONCE else 0,
+    )
 
 
 # --- fetch ---------------------------------------------------------------------------
@@ -311,8 +345,21 @@ def _balance(account: str, item: Any, where: str) -> BalanceRow:
     )
 
 
-def _account(account: str, data: Fields) -> AccountRow:
+# The account-level money of `data`: kept in `extra` as sent when it is not what the row says.
+_ACCOUNT_FIGURES = (
+    "equity", "available_margin", "initial_margin", "maintenance_margin",
+    "maintenance_margin_rate", "profit_unreal", "updated_time",
+)  # fmt: skip
+
+
+def _state(data: Fields) -> str | None:
     state = data.text("state")
+    return _STATES.get(state, state.lower()) if state is not None else None
+
+
+def _account(account: str, data: Fields, balances: Sequence[BalanceRow]) -> AccountRow:
+    if data.decimal("equity") == 0 and any(b.equity for b in balances):
+        return _account_from_details(account, data, balances)
     return AccountRow(
         account=account,
         account_type=ACCOUNT_TYPE,
@@ -323,9 +370,42 @@ def _account(account: str, data: Fields) -> AccountRow:
         maintenance_margin_rate=data.decimal("maintenance_margin_rate"),
         unrealized_pnl=data.decimal("profit_unreal"),
         equity_currency=EQUITY_CURRENCY,
-        state=_STATES.get(state, state.lower()) if state is not None else None,
+        state=_state(data),
         venue_ts=data.ms_time("updated_time"),
         extra=data.rest("details"),
+    )
+
+
+def _account_from_details(account: str, data: Fields, balances: Sequence[BalanceRow]) -> AccountRow:
+    """Account-level figures all "0" while a currency holds funds (see the module docstring):
+    the account row is the USDT detail's, exact; anything else held cannot be put in USDT."""
+    held = sorted({b.currency for b in balances if b.equity and b.currency != EQUITY_CURRENCY})
+    if held:
+        raise NormalizeError(
+            f"{data.where}.equity: 0 while details hold {', '.join(held)}: no account total in "
+            f"{EQUITY_CURRENCY} can be derived (is the account in Multi-Assets Collateral mode?)"
+        )
+    usdts = [b for b in balances if b.currency == EQUITY_CURRENCY]
+    if len(usdts) != 1:
+        raise NormalizeError(f"{data.where}.details: expected one {EQUITY_CURRENCY} entry, got {len(usdts)}")
+    usdt = usdts[0]
+    where = f"{data.where}.details[{balances.index(usdt)}]"
+    sent = {name: data.raw(name) for name in _ACCOUNT_FIGURES if data.raw(name) is not None}
+    return AccountRow(
+        account=account,
+        account_type=ACCOUNT_TYPE,
+        equity=usdt.equity,
+        available_margin=parse_decimal(usdt.extra.get("available_margin"), f"{where}.available_margin"),
+        initial_margin=usdt.initial_margin,
+        maintenance_margin=usdt.maintenance_margin,
+        maintenance_margin_rate=parse_decimal(
+            usdt.extra.get("maintenance_margin_rate"), f"{where}.maintenance_margin_rate"
+        ),
+        unrealized_pnl=usdt.unrealized_pnl,
+        equity_currency=EQUITY_CURRENCY,
+        state=_state(data),
+        venue_ts=usdt.venue_ts,
+        extra={**data.rest("details"), **sent},
     )
 
 
@@ -392,6 +472,6 @@ def normalize(source: str, responses: Sequence[RawResponse]) -> Batch:
     return Batch(
         accounts=(AccountRef(external_id=source),),
         balances=balances,
-        account_rows=(_account(source, data),),
+        account_rows=(_account(source, data, balances),),
         positions=positions,
     )

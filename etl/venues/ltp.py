@@ -13,11 +13,13 @@ BINANCE, BYBIT, OKEX, … and the LTP Funding account. Facts (shared/venues/ltp.
   `X-MBX-APIKEY`, `nonce` (unix *seconds*) and `signature` = lower-case hex
   HMAC-SHA256(secret, sorted raw `k=v&…` + `&` + ts); no params -> `&<ts>`. Values are
   signed raw and sent URL-encoded (`10001,10002` is signed, `10001%2C10002` is sent).
-  Keys made before 2023-10-19 may be V1 keys with another recipe (ASSUMED: use a V2 key).
+  Keys made before 2023-10-19 are V1 keys, which cannot use this endpoint (CONFIRMED,
+  "Get started with LTP API V2"): use a V2 key.
 - Envelope `{"code", "message", "data"}`. Success `200000`; `200` also accepted (a
   third-party write-up and a ccxt-style adapter both see `200`) (ASSUMED for this
-  endpoint). `2000` "API verification failed" and `2003` (key level not allowed) are
-  terminal; body code `429` and HTTP 429 are transient. Whether errors come with HTTP 200
+  endpoint). `2000` "API verification failed", `2002` "Invalid API authorization" (arena
+  docs, advanced API page) and `2003` (key level not allowed) are terminal, each with a
+  hint; body code `429` and HTTP 429 are transient. Whether errors come with HTTP 200
   or 4xx is not documented: the body decides either way.
 - Rate limit not stated for this endpoint: ASSUMED 10 requests/min per key, as for the V2
   asset endpoints. The clock-skew window is not documented (the simulator allows ±30 s).
@@ -65,7 +67,8 @@ RATE_LIMIT = (10, 60.0)
 ACCOUNT_BALANCE = "/api/v1/asset/getAccountCurrencyInfo"
 FILTERS = ("accountId", "currency")
 SUCCESS_CODES = {"200000", "200"}
-AUTH_CODES = {"2000", "2003"}
+AUTH_CODES = {"2000", "2002"}  # API verification failed; Invalid API authorization
+LEVEL_CODES = {"2003"}  # the key's level may not use this endpoint
 TRANSIENT_CODES = {"429"}
 _AMOUNTS = ("totalBalance", "available", "withdrawAvailable", "frozen", "valueUsdt")
 
@@ -110,7 +113,11 @@ def check_envelope(status: int, body: Any) -> None:
     if code in SUCCESS_CODES:
         return
     message = body.get("message") or "no message"
-    hint = " (check the key and secret, that it is a V2 key, and the clock)" if code == "2000" else ""
+    hint = ""
+    if code in AUTH_CODES:
+        hint = " (check the key and secret, that it is a V2 key, and the clock)"
+    elif code in LEVEL_CODES:
+        hint = " (use an LTP primary-user or sub-user key with READ; RapidX portfolio keys are refused)"
     raise VenueError(f"HTTP {status}, code {code}: {message}{hint}", transient=code in TRANSIENT_CODES)
 
 

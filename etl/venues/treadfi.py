@@ -31,25 +31,34 @@ are taken without the 28-digit Decimal context rounding.
 Mapping (one source = one token = several accounts; `external_id` = the account name,
 `exchange` = its `exchange`; `account_type` = the asset's `market_type` as sent):
 - `asset_type: token` -> balance_snapshots: symbol -> currency, size -> total, notional ->
-  value_usdt, margin_balance -> equity (in the seed it is exactly size + unrealized_profit:
-  the coin's equity), unrealized_profit, initial_margin, maint_margin.
+  value_usdt (USD), margin_balance -> equity (size + unrealized_profit, in the coin's
+  units: the coin's equity), unrealized_profit, initial_margin, maint_margin.
 - `asset_type: position` -> position_snapshots: symbol as given (`ETH:PERP-USDT`), base =
   before the last `:` of the part before the last `-`, quote = after the last `-`; side
-  from the sign of `size` (negative = short, ASSUMED), quantity = |size|, notional,
+  from the sign of `size` (negative = short: CONFIRMED, the client README's `-181.0`), quantity = |size|, notional,
   unrealized_profit, leverage, initial_margin -> margin, maint_margin. Entry and mark
-  prices are not sent and stay NULL. A position of size 0 is not open and is skipped
-  (exchanges such as Bybit list flat symbols with size 0).
-- account_snapshots, one row per account and market type *that holds tokens*: equity =
-  the sum of its tokens' margin_balance (equity_currency USDT), unrealized_pnl,
-  initial_margin and maintenance_margin the sums of its tokens' figures. Decided:
+  prices are not sent and stay NULL. A position of size 0 is not open: `Batch` drops it,
+  as for every venue (exchanges such as Bybit list flat symbols with size 0).
+- account_snapshots, one row per account and market type *that holds tokens*, in USD:
+  equity = the exact sum of its tokens' `notional` (equity_currency `USD`); NULL if a
+  token lacks it (a partial sum would understate). Decided from public evidence:
+  * `margin_balance` is in the coin's own units (CONFIRMED: the official client's README,
+    tread-labs-public/taas-api-client "Getting Account Balances", shows an OKX BTC token
+    with `size 3.0`, `margin_balance 3.0`, `notional 89409.0`), so it is never summed
+    across coins: it stays the coin's equity in its balance_snapshots row;
+  * `notional` is the USD value (CONFIRMED, same README: BTC 3.0 -> 89409.0, USDT
+    8930.59 -> 8930.59; `notional_pct_total` is notional over the sum of the notionals of
+    the market type), the only figure of a token in one currency for every coin. It is
+    size x price: unrealized PnL is not in it (Tread sends no USD PnL; the coins' PnL
+    stays in their rows), so for a margin account this is the wallet's value;
+  * unrealized_pnl, initial_margin and maintenance_margin of the tokens are coin units
+    too: the account row leaves them NULL, each coin's are in its balance row;
   * a market type with only positions gets no row: its collateral is reported under the
-    market type holding the tokens (Bybit: `perp` positions, `unified` USDT), and the
-    positions' own margin_balance repeats that figure (298.90609459 on both in the seed),
-    so a row for it would count the same money twice;
-  * a market type whose tokens all have margin_balance null (spot wallets) gets a row
-    with equity NULL: the venue sent no margin balance, and we do not invent one from
-    notionals (the holdings' USD value is in balance_snapshots.value_usdt).
-  ASSUMED: margin_balance is in USD(T) terms like notional (the seed only shows USDT).
+    market type holding the tokens (Bybit: `perp` positions, `unified` USDT), and a
+    position's notional is exposure, not money held;
+  * spot wallets (margin_balance null) get a row like any other, valued by notional.
+  Rows loaded before this rule (equity = the sum of margin_balance, "USDT") are rewritten
+  by `etl replay`, which normalizes the stored raw payloads again.
 - Every other field (`notional_pct_total`, token `leverage`, position `margin_balance`,
   unknown ones) goes to `extra` unchanged; unknown fields of an account object go to the
   extra of that account's account_snapshots rows. An unknown `asset_type` is an error.
@@ -76,7 +85,7 @@ DEFAULT_BASE_URL = "https://app.tread.fi"
 RATE_LIMIT = (1, 2.0)
 BALANCES = "/api/balances/"
 USER_AGENT = "balance-etl/0.1 (+treadfi balances poller)"
-EQUITY_CURRENCY = "USDT"
+EQUITY_CURRENCY = "USD"  # the unit of `notional`
 PARAMS = ("account_names",)
 
 
@@ -137,10 +146,11 @@ async def fetch(http: VenueClient, source: SourceConfig) -> list[RawResponse]:
     return [await http.send(BALANCES, build, check_envelope)]
 
 
-def _sum_present(values: Iterable[Decimal | None]) -> Decimal | None:
-    """The exact sum of the values sent, None if none was."""
-    present = [v for v in values if v is not None]
-    return exact_sum(present) if present else None
+def _sum_if_complete(values: Iterable[Decimal | None]) -> Decimal | None:
+    """The exact sum, or None if any value is missing (a partial sum would understate)."""
+    listed = list(values)
+    known = [v for v in listed if v is not None]
+    return exact_sum(known) if known and len(known) == len(listed) else None
 
 
 def _where(name: str) -> str:
@@ -172,13 +182,11 @@ def _balance(account: str, market_type: str, f: Fields) -> BalanceRow:
     )
 
 
-def _position(account: str, market_type: str, f: Fields) -> PositionRow | None:
+def _position(account: str, market_type: str, f: Fields) -> PositionRow:
     symbol = f.text("symbol", required=True) or ""
     size = f.decimal("size", required=True)
     if size is None:
         raise NormalizeError(f"{f.where}.size: a position needs a signed size, got null")
-    if size == 0:
-        return None
     base, quote = split_symbol(symbol)
     return PositionRow(
         account=account,
@@ -205,10 +213,7 @@ def _account_rows(account: str, balances: Sequence[BalanceRow], extra: dict[str,
         AccountRow(
             account=account,
             account_type=market_type,
-            equity=_sum_present(b.equity for b in rows),
-            unrealized_pnl=_sum_present(b.unrealized_pnl for b in rows),
-            initial_margin=_sum_present(b.initial_margin for b in rows),
-            maintenance_margin=_sum_present(b.maintenance_margin for b in rows),
+            equity=_sum_if_complete(b.value_usdt for b in rows),
             equity_currency=EQUITY_CURRENCY,
             extra=dict(extra),
         )
@@ -235,9 +240,7 @@ def _read_account(name: str, value: Any) -> _Account:
         if kind == "token":
             out.balances.append(_balance(name, market_type, asset))
         elif kind == "position":
-            position = _position(name, market_type, asset)
-            if position is not None:
-                out.positions.append(position)
+            out.positions.append(_position(name, market_type, asset))
         else:
             raise NormalizeError(f"{asset.where}.asset_type: expected token or position, got {kind!r}")
     out.account_rows = _account_rows(name, out.balances, f.rest())

@@ -98,6 +98,14 @@ def test_sell_is_short_and_quantity_is_absolute():
     )
 
 
+@pytest.mark.parametrize("quantity", ["0", "0.000", "-0"])
+def test_a_zero_quantity_position_is_not_open_and_gets_no_row(quantity):
+    """It used to be stored as an open long of 0 (side BUY, quantity 0)."""
+    body = seed_body()
+    body["data"]["positions"][0]["quantity"] = quantity
+    assert bittap.normalize("b", response(body)).positions == ()
+
+
 def test_a_non_number_names_the_field_and_its_position():
     body = seed_body()
     body["data"]["assets"][0]["balance"] = "12,5 USDT"
@@ -121,7 +129,8 @@ def test_an_unknown_side_is_an_error():
         (
             401,
             {"code": "410002", "msg": "Signature verification failed", "success": False},
-            "HTTP 401, code 410002: Signature verification failed",
+            "HTTP 401, code 410002: Signature verification failed "
+            r"\(check the API key, its secret, its Futures permission and the clock\)$",
         ),
         (
             200,

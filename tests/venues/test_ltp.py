@@ -236,7 +236,9 @@ def test_success_codes_pass(code):
     [
         (200, {"code": 2000, "message": "API verification failed", "data": None}, r"HTTP 200, code 2000: API verification failed \(check the key", False),
         (401, {"code": 2000, "message": "API verification failed"}, r"HTTP 401, code 2000: API verification failed", False),
-        (200, {"code": 2003, "message": "Permission denied"}, r"code 2003: Permission denied", False),
+        # 2002 "Invalid API authorization": LTP's arena docs (LiquidityTech/ltp-arena-docs, docs/03-advanced-api.md)
+        (200, {"code": 2002, "message": "Invalid API authorization"}, r"code 2002: Invalid API authorization \(check the key and secret, that it is a V2 key, and the clock\)$", False),
+        (200, {"code": 2003, "message": "Permission denied"}, r"code 2003: Permission denied \(use an LTP primary-user or sub-user key", False),
         (200, {"code": 429, "message": "Too Many Request", "data": None}, r"code 429: Too Many Request", True),
         (200, {"code": 400001, "data": None}, r"code 400001: no message", False),
         (200, [], r"expected a JSON object, got list", False),

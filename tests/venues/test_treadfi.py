@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -17,7 +18,8 @@ from sqlalchemy import text
 
 from etl import exactjson
 from etl.errors import ConfigError, NormalizeError, VenueError
-from etl.records import RawResponse
+from etl.records import AccountRow, RawResponse
+from etl.replay import replay
 from etl.sim.treadfi import TreadfiSimulator
 from etl.store.load import load_slot
 from etl.venues import treadfi
@@ -159,24 +161,62 @@ def test_seed_example_normalizes_exactly():
     assert btc.extra["margin_balance"] is None
 
 
-def test_account_rows_carry_margin_balance_and_none_for_a_market_type_with_only_positions():
+def test_account_rows_are_the_tokens_usd_notional_and_none_for_a_market_type_with_only_positions():
     batch = normalize(seed_body())
     assert [(r.account, r.account_type, r.equity, r.equity_currency) for r in batch.account_rows] == [
-        ("AccountABC", "unified", Decimal("298.90609459"), "USDT"),
-        ("Account123", "perp", Decimal("1425.08678423"), "USDT"),
-    ]  # AccountABC's `perp` holds only the ETH position: no row, so 298.906… is counted once
+        ("AccountABC", "unified", Decimal("275.569895"), "USD"),
+        ("Account123", "perp", Decimal("1414.060396"), "USD"),
+    ]  # AccountABC's `perp` holds only the ETH position: no row, its collateral is counted once
     unified = batch.account_rows[0]
-    assert (unified.unrealized_pnl, unified.initial_margin) == (
-        Decimal("23.33619985"),
-        Decimal("308.47710954"),
+    # the tokens' PnL and margins are in coin units: they stay in the coin's balance row
+    assert (unified.unrealized_pnl, unified.initial_margin, unified.maintenance_margin) == (None, None, None)
+
+
+# The official client's README (tread-labs-public/taas-api-client, README.md, "Getting Account
+# Balances", at commit a630d77576757751aa67098344ec13146056a147; the same example ships in the
+# taas-api-client wheel): one OKX account, printed as a Python dict, here as JSON.
+CLIENT_README_BALANCES = """{"test": {"exchange": "OKX", "assets": [
+ {"symbol": "BTC", "size": 3.0, "notional": 89409.0, "market_type": "unified", "asset_type": "token",
+  "unrealized_profit": 0.0, "initial_margin": 0.0, "maint_margin": 0.0, "margin_balance": 3.0,
+  "leverage": null, "notional_pct_total": 0.438558},
+ {"symbol": "USDT", "size": 8930.5901255465, "notional": 8930.5901255465, "market_type": "unified",
+  "asset_type": "token", "unrealized_profit": -47.43906302083299, "initial_margin": 37.148328685,
+  "maint_margin": 28.57563745, "margin_balance": 8883.151062525667, "leverage": null,
+  "notional_pct_total": 0.043805},
+ {"symbol": "ETH:PERP-USDT", "size": -181.0, "notional": -33618.397, "market_type": "perp",
+  "asset_type": "position", "unrealized_profit": -47.43906302083299, "initial_margin": 37.148328685,
+  "maint_margin": 28.57563745, "margin_balance": 8883.151062525667, "leverage": 0.0,
+  "notional_pct_total": 1.0}]}}"""
+
+
+def test_account_equity_never_adds_coin_units_the_client_readme_example():
+    """3 BTC + 8,883 USDT was stored as "8886.151062525667 USDT" (margin_balance summed across
+    coins); the account is worth about 98,000 USD."""
+    batch = normalize(exactjson.loads(CLIENT_README_BALANCES))
+    (row,) = batch.account_rows
+    assert (row.account_type, row.equity, row.equity_currency) == (
+        "unified",
+        Decimal("98339.5901255465"),
+        "USD",
     )
+    assert row.equity == Decimal("89409.0") + Decimal("8930.5901255465")  # the tokens' notionals, exactly
+    btc, usdt = batch.balances
+    assert (btc.currency, btc.total, btc.equity, btc.value_usdt) == (
+        "BTC",
+        Decimal("3.0"),
+        Decimal("3.0"),
+        Decimal("89409.0"),
+    )
+    assert (usdt.currency, usdt.equity) == ("USDT", Decimal("8883.151062525667"))  # the coin's own equity
+    (eth,) = batch.positions
+    assert (eth.side, eth.quantity, eth.notional) == ("short", Decimal("181.0"), Decimal("-33618.397"))
 
 
-def spot_token(symbol: str, size: str, notional: str) -> dict[str, Any]:
+def spot_token(symbol: str, size: str, notional: str | None) -> dict[str, Any]:
     return {
         "symbol": symbol,
         "size": Decimal(size),
-        "notional": Decimal(notional),
+        "notional": Decimal(notional) if notional is not None else None,
         "market_type": "spot",
         "asset_type": "token",
         "unrealized_profit": None,
@@ -188,21 +228,27 @@ def spot_token(symbol: str, size: str, notional: str) -> dict[str, Any]:
     }
 
 
-def test_a_spot_wallet_without_margin_balance_gets_a_row_with_null_equity():
+def test_a_spot_wallet_is_valued_by_its_tokens_notional():
     body = seed_body()
     body["Account123"]["assets"] += [
         spot_token("BTC", "0.12", "7710.06"),
         spot_token("ETH", "2.5", "7800.62"),
     ]
-    spot = [r for r in normalize(body).account_rows if r.account_type == "spot"]
-    assert len(spot) == 1
-    assert (spot[0].equity, spot[0].unrealized_pnl, spot[0].initial_margin) == (None, None, None)
+    (spot,) = [r for r in normalize(body).account_rows if r.account_type == "spot"]
+    assert (spot.equity, spot.equity_currency, spot.unrealized_pnl) == (Decimal("15510.68"), "USD", None)
 
 
-def test_equity_sums_the_tokens_margin_balances_without_rounding():
+def test_a_token_without_notional_leaves_the_account_equity_unknown_not_understated():
     body = seed_body()
-    usdc = {**body["Account123"]["assets"][0], "symbol": "USDC", "margin_balance": Decimal("0." + "1" * 40)}
-    body["Account123"]["assets"][0]["margin_balance"] = Decimal(LONG)
+    body["Account123"]["assets"] += [spot_token("BTC", "0.12", "7710.06"), spot_token("XYZ", "9", None)]
+    (spot,) = [r for r in normalize(body).account_rows if r.account_type == "spot"]
+    assert spot.equity is None
+
+
+def test_equity_sums_the_tokens_notionals_without_rounding():
+    body = seed_body()
+    usdc = {**body["Account123"]["assets"][0], "symbol": "USDC", "notional": Decimal("0." + "1" * 40)}
+    body["Account123"]["assets"][0]["notional"] = Decimal(LONG)
     body["Account123"]["assets"].append(usdc)
     row = next(r for r in normalize(wire(body)).account_rows if r.account == "Account123")
     # 44 digits: `Decimal(LONG) + ...` in the default context would round to 28
@@ -224,9 +270,10 @@ def test_a_negative_size_is_a_short_with_the_exact_absolute_quantity():
     assert str(eth.quantity) == LONG  # abs() would round to 28 digits
 
 
-def test_a_flat_position_is_not_an_open_position():
+@pytest.mark.parametrize("size", [0, Decimal("0.0"), Decimal("-0E-8"), "0"])
+def test_a_flat_position_is_not_an_open_position(size):
     body = seed_body()
-    body["AccountABC"]["assets"][0]["size"] = 0
+    body["AccountABC"]["assets"][0]["size"] = size
     assert [p.symbol for p in normalize(body).positions] == ["BTC:PERP-USDT"]
 
 
@@ -320,7 +367,7 @@ def test_any_decimal_the_venue_sends_arrives_exactly(token, position, size):
     for name, attr in POSITION_FIELDS.items():
         assert getattr(row, attr) == Decimal(position[name])
     assert row.quantity == size.copy_abs() and row.side == ("short" if size < 0 else "long")
-    assert batch.account_rows[0].equity == Decimal(token["margin_balance"])
+    assert batch.account_rows[0].equity == Decimal(token["notional"])
 
 
 @settings(max_examples=40, deadline=None)
@@ -497,8 +544,8 @@ def test_seed_loads_exactly_and_rerunning_the_slot_rewrites_no_row(engine, seede
         ("AccountABC", "unified", "275.56989474", "275.569895", "298.90609459", "0.817474"),
     ]
     assert rows(engine, "SELECT external_id, account_type, equity::text FROM account_equity ORDER BY 1") == [
-        ("Account123", "perp", "1425.08678423"),
-        ("AccountABC", "unified", "298.90609459"),
+        ("Account123", "perp", "1414.060396"),
+        ("AccountABC", "unified", "275.569895"),
     ]
     assert rows(
         engine,
@@ -549,7 +596,7 @@ def test_a_live_source_loads_its_accounts_filtered_by_account_names(engine, seed
         "JOIN accounts a ON a.id = s.account_id ORDER BY 1, 2",
     ) == [
         ("Hedge", "perp", False),
-        ("Hedge", "spot", True),
+        ("Hedge", "spot", False),  # valued by its tokens' USD notional
         ("Main", "unified", False),
     ]
     assert count(engine, "position_snapshots") == 2 + 3
@@ -557,3 +604,39 @@ def test_a_live_source_loads_its_accounts_filtered_by_account_names(engine, seed
         ("short",),
         ("short",),
     ]
+
+
+def _summed_margin_balances(source: str, responses: list[RawResponse]) -> Any:
+    """The normalizer before the fix: every token's margin_balance summed as USDT."""
+    batch = _normalize(source, responses)
+    old = tuple(
+        AccountRow(
+            r.account,
+            r.account_type,
+            equity=sum((b.equity for b in batch.balances if b.account_type == r.account_type), Decimal(0)),
+            equity_currency="USDT",
+        )
+        for r in batch.account_rows
+    )
+    return replace(batch, account_rows=old)
+
+
+_normalize = treadfi.normalize
+
+
+def test_etl_replay_rewrites_the_equity_loaded_by_the_old_rule(engine, monkeypatch):
+    sim = TreadfiSimulator()
+    sim.add_user("readme-token", body=exactjson.loads(CLIENT_README_BALANCES))
+    with served(sim) as server:
+        settings_ = settings_for(source_entry("tread-readme", "treadfi", server.url, "readme-token"))
+        monkeypatch.setattr(treadfi, "normalize", _summed_margin_balances)
+        assert run(engine, settings_)["tread-readme"].status == "ok"
+    equity = "SELECT equity::text, equity_currency FROM account_equity"
+    assert rows(engine, equity) == [("8886.151062525667", "USDT")]  # 3 BTC + 8,883 USDT, as loaded
+    monkeypatch.setattr(treadfi, "normalize", _normalize)  # the fix
+
+    report = replay(engine, settings_)
+
+    assert report.failed == () and len(report.slots) == 1
+    assert rows(engine, equity) == [("98339.5901255465", "USD")]
+    assert rows(engine, "SELECT total_equity::text FROM portfolio_equity") == [("98339.5901255465",)]
