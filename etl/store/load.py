@@ -29,7 +29,7 @@ from sqlalchemy import Connection, Table
 from etl import exactjson
 from etl.errors import NormalizeError
 from etl.records import AccountRow, BalanceRow, Batch, PositionRow, RawResponse
-from etl.store import copy, partitions, rollups, upsert
+from etl.store import copy, locks, partitions, rollups, upsert
 from etl.store.engine import driver_cursor
 from etl.store.schema import account_snapshots, balance_snapshots, position_snapshots
 
@@ -451,9 +451,7 @@ def lock_slot(conn: Connection, source: str, slot: datetime) -> str | None:
     its load and the removal of its file: under this lock the second sees `ok` and skips.
     """
     with driver_cursor(conn) as cur:
-        cur.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{source}|{slot.isoformat()}",)
-        )
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (locks.slot_key(source, slot),))
         cur.execute(
             "SELECT status FROM ingestion_runs WHERE source = %s AND snapshot_ts = %s", (source, slot)
         )
