@@ -110,7 +110,11 @@ def upsert_accounts(
     cur: psycopg.Cursor[Any], source: str, venue: str, slot: datetime, batch: Batch
 ) -> Reply[dict[str, int]]:
     """Upsert the batch's accounts (locking each one's row until the transaction ends);
-    the reply maps their external ids to ids."""
+    the reply maps their external ids to ids.
+
+    `exchange` and `note` are what the newest slot listing the account said: that slot is
+    `last_seen_at`, so a slot loaded late (a spool drain after live loads resumed, a
+    replay) leaves them, and `last_seen_at`, as they are."""
     refs = batch.accounts
     cur.execute(
         """
@@ -118,10 +122,12 @@ def upsert_accounts(
         SELECT %(source)s, %(venue)s, e, x, n, %(slot)s, %(slot)s
         FROM unnest(%(ids)s::text[], %(exchanges)s::text[], %(notes)s::text[]) AS u(e, x, n)
         ON CONFLICT (source, external_id) DO UPDATE SET
-            exchange = EXCLUDED.exchange, note = EXCLUDED.note,
+            exchange = CASE WHEN EXCLUDED.last_seen_at >= a.last_seen_at THEN EXCLUDED.exchange ELSE a.exchange END,
+            note = CASE WHEN EXCLUDED.last_seen_at >= a.last_seen_at THEN EXCLUDED.note ELSE a.note END,
             first_seen_at = LEAST(a.first_seen_at, EXCLUDED.first_seen_at),
             last_seen_at = GREATEST(a.last_seen_at, EXCLUDED.last_seen_at)
-        WHERE (a.exchange, a.note) IS DISTINCT FROM (EXCLUDED.exchange, EXCLUDED.note)
+        WHERE (EXCLUDED.last_seen_at >= a.last_seen_at
+                AND (a.exchange, a.note) IS DISTINCT FROM (EXCLUDED.exchange, EXCLUDED.note))
             OR EXCLUDED.last_seen_at > a.last_seen_at OR EXCLUDED.first_seen_at < a.first_seen_at
         """,
         {
