@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from operator import attrgetter
 from typing import Any, TypeVar
@@ -27,9 +27,10 @@ from psycopg.copy import QueuedLibpqWriter
 from sqlalchemy import Connection, Table
 
 from etl import exactjson
-from etl.errors import NormalizeError
+from etl.errors import Fault, NormalizeError
+from etl.faults import classify
 from etl.records import AccountRow, BalanceRow, Batch, PositionRow, RawResponse
-from etl.store import copy, locks, partitions, rollups, upsert
+from etl.store import copy, locks, partitions, refused, rollups, upsert
 from etl.store.engine import driver_cursor
 from etl.store.schema import account_snapshots, balance_snapshots, position_snapshots
 
@@ -366,10 +367,16 @@ def record_failure(
     error: str,
     attempts: int,
     responses: Sequence[RawResponse] = (),
-) -> int | None:
-    """The run row of a failed poll (an earlier `ok` for the same slot is kept) and its raw bodies."""
+) -> str | None:
+    """The run row of a failed poll (an earlier `ok` for the same slot is kept) and its raw
+    bodies; returns the error as stored (None: the `ok` row was kept).
+
+    Nothing the venue sent can make this fail: the error is stored as `refused.storable`
+    text, and a body jsonb refuses (NaN, 1e999999, \\u0000, a lone surrogate) is kept as
+    `refused.kept_as_text`, which the error then mentions."""
     empty = {"accounts": 0, "balances": 0, "account_rows": 0, "positions": 0}
     partitions.ensure(conn, [slot])  # raw_payloads is partitioned too
+    error = refused.storable(error)
     with driver_cursor(conn) as cur:
         run_id = upsert_run(
             cur,
@@ -382,9 +389,43 @@ def record_failure(
             attempts=attempts,
             keep_ok=True,
         )()
-        if run_id is not None:
-            write_raw(cur, source, slot, responses)
-    return run_id
+        if run_id is None:
+            return None
+        notes = [note for r in responses if (note := _write_raw_or_keep(conn, cur, source, slot, r))]
+        if notes:
+            error = refused.storable("; ".join([error, *notes]))
+            cur.execute("UPDATE ingestion_runs SET error = %s WHERE id = %s", (error, run_id))
+    return error
+
+
+def _write_raw_or_keep(
+    conn: Connection, cur: psycopg.Cursor[Any], source: str, slot: datetime, response: RawResponse
+) -> str | None:
+    """Write the body as sent, in a savepoint; if PostgreSQL refuses it for its content
+    (or a parsed body has no JSON text), write it as `refused.kept_as_text` instead and
+    return a note saying so."""
+    text, reason = _body_text(response)
+    if reason is None:
+        try:
+            with conn.begin_nested():
+                write_raw(cur, source, slot, [replace(response, text=text)])
+            return None
+        except Exception as err:  # classified once: only what the data caused is kept as text
+            if classify(err) is not Fault.SOURCE_DATA:
+                raise
+            reason = refused.describe(err)
+    write_raw(cur, source, slot, [replace(response, text=refused.kept_as_text(text, reason))])
+    return f"raw body of {response.endpoint} kept as text ({refused.KEPT_AS_TEXT}): {reason}"
+
+
+def _body_text(response: RawResponse) -> tuple[str, str | None]:
+    """The body's text, and why it cannot be JSON (None: it may be)."""
+    if response.text is not None:
+        return response.text, None
+    try:
+        return exactjson.dumps(response.body), None
+    except ValueError as err:  # a NaN or an Infinity in the parsed body
+        return exactjson.dumps(response.body, allow_nan=True), f"not JSON: {err}"
 
 
 def claim_slots(
