@@ -257,6 +257,11 @@ REFUSED_BATCHES = {
     "NaN in extra": (_one(extra={"fee": Decimal("NaN")}), "balance_snapshots.extra of account 's'"),
     "1e999999 in a mapped field": (_one(total="1e999999"), "balance_snapshots.total of account 's'"),
     "NUL in extra": (_one(extra={"note": "a\x00b"}), "balance_snapshots.extra of account 's'"),
+    "NaN in a mapped field": (
+        _one(total="NaN"),
+        "BalanceRow of account 's': total is NaN, not a finite number",
+    ),
+    "-Infinity in a mapped field": (_one(total="-Infinity"), "total is -Infinity, not a finite number"),
 }
 
 
