@@ -314,3 +314,16 @@ def test_a_refused_batch_keeps_its_unstorable_raw_body_too(engine):
     assert result.status == "error" and "balance_snapshots.extra" not in result.error  # the body failed first
     assert "kept as text" in result.error
     assert rows(engine, "SELECT body->>'text' FROM raw_payloads") == [('{"fee": NaN}',)]
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "1e999999", '"\\u0000"', '"\\ud800"'])
+def test_a_body_postgresql_cannot_store_still_leaves_its_run_row(engine, two_sources, value):
+    settings, bad, _ = two_sources
+    body = '{"code": "0", "success": true, "msg": "", "data": {"assets": [{"coin": "USDT", "balance": %s}]}}'
+    bad.fail_next(*[Fault(200, body % value, content_type="application/json")] * 10)
+    results = run(engine, settings)
+    assert results["good"].status == "ok"
+    assert results["bad"].status == "error" and "\n" not in results["bad"].error
+    assert rows(engine, "SELECT status, error FROM ingestion_runs WHERE source = 'bad'") == [
+        ("error", results["bad"].error)
+    ]
