@@ -10,7 +10,8 @@ closed bucket upserts it (`etl.store.rollups`). `LoadResult.closes` tells the ca
 when, after the commit, older buckets can be closed. The caller owns the
 transaction (`with engine.begin() as conn: load_slot(conn, ...)`): a slot loads whole
 or not at all. `record_failure` writes the run record of a failed poll, with the raw
-bodies that were received (to replay once the normalizer is fixed), and no snapshot row.
+bodies that were received (to replay once the normalizer is fixed; as marked text where
+PostgreSQL refuses them as jsonb: `etl.store.refused`), and no snapshot row.
 """
 
 from __future__ import annotations
