@@ -19,5 +19,9 @@ def loads(text: str | bytes) -> Any:
     return json.loads(text, parse_float=Decimal)
 
 
-def dumps(value: Any) -> str:
-    return simplejson.dumps(value, use_decimal=True, separators=(",", ":"), ensure_ascii=False)
+def dumps(value: Any, *, allow_nan: bool = False) -> str:
+    """Compact JSON; raises ValueError on NaN or Infinity unless `allow_nan` (then written
+    as those tokens, which are not JSON: for showing such a value, never for storing it)."""
+    return simplejson.dumps(
+        value, use_decimal=True, separators=(",", ":"), ensure_ascii=False, allow_nan=allow_nan
+    )

@@ -61,6 +61,8 @@ def classify(err: BaseException) -> Fault:
         return Fault.DATABASE_DOWN
     if isinstance(err, psycopg.DataError | psycopg.IntegrityError):
         return Fault.SOURCE_DATA
+    if isinstance(err, UnicodeEncodeError):
+        return Fault.SOURCE_DATA  # a text no encoding can send (a lone surrogate from a JSON escape)
     if isinstance(err, EtlError):
         return Fault.VENUE_TRANSIENT if err.transient else Fault.VENUE_TERMINAL
     if isinstance(err, SQLAlchemyError | psycopg.Error):

@@ -13,20 +13,21 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import psycopg
 from aiolimiter import AsyncLimiter
-from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from etl.config import Settings, SourceConfig
-from etl.errors import EtlError, StoreError
+from etl.errors import EtlError, Fault, StoreError
+from etl.faults import classify
 from etl.records import Batch, RawResponse
-from etl.store import rollups
+from etl.store import refused, rollups
 from etl.store.load import load_slot, lock_slot, record_failure
 from etl.venues import venue
 from etl.venues.http import VenueClient
@@ -121,14 +122,16 @@ async def poll(source: SourceConfig, slot: datetime, http: VenueClient) -> Polle
 
 
 def store(engine: Engine, polled: Polled, *, keep_loaded: bool = False) -> RunResult:
-    """Write the poll's outcome in one transaction. Raises StoreError if the database failed.
+    """Write the poll's outcome in one transaction. Raises StoreError(transient=True) if
+    the database is down; anything else ends as the source's run row.
 
-    With keep_loaded (a spooled slot, or one polled without a claim), a slot that is
-    already `ok` is left as it is: the first load wins, so loading twice changes nothing.
+    A batch PostgreSQL refuses (a value it cannot hold: the source's data) or that our
+    code fails on (a bug) is written as that source's error instead. With keep_loaded (a
+    spooled slot, or one polled without a claim), a slot that is already `ok` is left as
+    it is: the first load wins, so loading twice changes nothing.
     """
     source = polled.source
     t0 = time.perf_counter()
-    closes = None
     try:
         with engine.begin() as conn:
             if keep_loaded and lock_slot(conn, source.name, polled.slot) == "ok":
@@ -141,57 +144,76 @@ def store(engine: Engine, polled: Polled, *, keep_loaded: bool = False) -> RunRe
                     attempts=polled.attempts,
                     already_loaded=True,
                 )
-            if polled.batch is not None:
-                result = load_slot(
-                    conn,
-                    source=source.name,
-                    venue=source.venue,
-                    slot=polled.slot,
-                    batch=polled.batch,
-                    responses=polled.responses,
-                    started_at=polled.started_at,
-                    attempts=polled.attempts,
-                )
-                written, closes = result.written, result.closes
-            else:
-                record_failure(
-                    conn,
-                    source=source.name,
-                    slot=polled.slot,
-                    started_at=polled.started_at,
-                    error=polled.error or "unknown error",
-                    attempts=polled.attempts,
-                    responses=polled.responses,
-                )
-                written = {}
-    except (EtlError, psycopg.DataError, psycopg.IntegrityError) as err:
-        # The batch itself was refused (a duplicate key, a value PostgreSQL cannot hold):
-        # the source's fault, recorded as its error; the database is fine.
-        if polled.batch is None:
-            raise StoreError(f"{source.name}: database: {_first_line(err)}") from None
-        failed = Polled(**{**polled.__dict__, "batch": None, "error": f"{source.name}: {_first_line(err)}"})
-        return store(engine, failed, keep_loaded=keep_loaded)
-    except psycopg.OperationalError as err:  # raised by the raw driver cursor (COPY), not wrapped
-        raise StoreError(f"{source.name}: database: {_first_line(err)}", transient=True) from None
-    except psycopg.Error as err:
-        raise StoreError(f"{source.name}: database: {_first_line(err)}") from None
-    except (OperationalError, DBAPIError) as err:
-        transient = isinstance(err, OperationalError) or bool(getattr(err, "connection_invalidated", False))
-        raise StoreError(f"{source.name}: database: {_first_line(err)}", transient=transient) from None
-    except SQLAlchemyError as err:
-        raise StoreError(f"{source.name}: database: {_first_line(err)}") from None
+            written, closes, error = _write(conn, polled)
+    except Exception as err:  # classified once, here: the run row says what happened
+        fault = classify(err)
+        if fault is Fault.DATABASE_DOWN:
+            raise StoreError(f"{source.name}: database: {_first_line(err)}", transient=True) from None
+        if fault is Fault.BUG:
+            log.exception("source %s: unexpected error storing slot %s", source.name, polled.slot.isoformat())
+        return store(engine, _refused(polled, err, fault), keep_loaded=keep_loaded)
     return RunResult(
         source=source.name,
         venue=source.venue,
         slot=polled.slot,
         status="ok" if polled.batch is not None else "error",
-        error=polled.error,
+        error=error,
         counts=polled.batch.counts() if polled.batch is not None else {},
         written=written,
         attempts=polled.attempts,
         seconds=time.perf_counter() - t0,
         closes=closes,
     )
+
+
+def _write(conn: Connection, polled: Polled) -> tuple[dict[str, int], datetime | None, str | None]:
+    """Load the batch, or record the failure: (rows written, rollup close, error stored)."""
+    source = polled.source
+    if polled.batch is None:
+        error = record_failure(
+            conn,
+            source=source.name,
+            slot=polled.slot,
+            started_at=polled.started_at,
+            error=polled.error or "unknown error",
+            attempts=polled.attempts,
+            responses=polled.responses,
+        )
+        return {}, None, error or polled.error
+    result = load_slot(
+        conn,
+        source=source.name,
+        venue=source.venue,
+        slot=polled.slot,
+        batch=polled.batch,
+        responses=polled.responses,
+        started_at=polled.started_at,
+        attempts=polled.attempts,
+    )
+    return result.written, result.closes, None
+
+
+def _refused(polled: Polled, err: BaseException, fault: Fault) -> Polled:
+    """The poll to record instead of one the database refused (not for being down).
+
+    A refused batch becomes the source's error, its raw bodies kept. A refused failure
+    record (never for what the venue sent: record_failure keeps that in a form PostgreSQL
+    accepts) is recorded again without the raw bodies, the reason appended. A failure
+    record without bodies that is refused too is not the data's doing: StoreError.
+    """
+    name = polled.source.name
+    if polled.batch is not None:
+        why = refused.describe(err, polled.batch) if fault is Fault.SOURCE_DATA else _internal(err)
+        return replace(polled, batch=None, error=scrub(f"{name}: {why}", polled.source))
+    if polled.responses:
+        reason = refused.describe(err) if fault is Fault.SOURCE_DATA else _internal(err)
+        error = f"{polled.error}; raw bodies not kept: {reason}"
+        return replace(polled, responses=(), error=scrub(error, polled.source))
+    raise StoreError(f"{name}: database: {_first_line(err)}") from None
+
+
+def _internal(err: BaseException) -> str:
+    return f"internal error {type(err).__name__}: {_first_line(err)}"
 
 
 def close_rollups(engine: Engine, until: datetime) -> None:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import copy
 import re
+import secrets
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 
+from etl.pipeline import Polled, store
+from etl.records import AccountRef, BalanceRow, Batch, RawResponse
 from etl.sim.base import Fault
 from etl.sim.bittap import BittapSimulator
-from tests.helpers import count, row_versions, rows, run, served, settings_for, source_entry
+from tests.helpers import SLOT, count, row_versions, rows, run, served, settings_for, source_entry
 from tests.venues.test_bittap import seed_body
 
 
@@ -212,3 +215,115 @@ def test_the_first_load_of_a_new_hour_closes_the_rollup_buckets_before_it(engine
     run(engine, settings, second)
     assert rows(engine, "SELECT closed_until FROM rollup_watermarks WHERE width = 'hour'") == [(second,)]
     assert rows(engine, "SELECT * FROM account_equity_hourly_closed ORDER BY 1, 2, 3") == hourly
+
+
+def test_a_value_postgresql_refuses_is_that_sources_error_and_the_others_load(engine, two_sources):
+    """A 3 kB currency makes the index row too big (SQLSTATE 54000): the source's data,
+    not an outage, so it is recorded as its error and nothing is left for a spool."""
+    settings, bad, _ = two_sources
+    coin = secrets.token_hex(1500)  # random: a compressible name would fit the index
+    bad.accounts["bad-key"].body["data"]["assets"][0]["coin"] = coin
+    results = run(engine, settings)
+    assert results["good"].status == "ok"
+    error = results["bad"].error
+    assert results["bad"].status == "error" and "\n" not in error and len(error) < 400
+    assert error.startswith("bad: index row size ")
+    assert (
+        f"balance_snapshots.currency of account 'bad' (account_type 'futures', currency '{coin[:20]}" in error
+    )
+    assert rows(engine, "SELECT status, error FROM ingestion_runs WHERE source = 'bad'") == [("error", error)]
+    assert rows(engine, "SELECT count(*) FROM raw_payloads WHERE source = 'bad'") == [(1,)]  # kept for replay
+    assert count(engine, "accounts") == 1
+
+
+def _polled(batch: Batch | None, responses: tuple[RawResponse, ...] = (), error: str | None = None) -> Polled:
+    source = settings_for(
+        source_entry("s", "bittap", "http://127.0.0.1:9", "s-api-key", "s-api-secret")
+    ).sources[0]
+    return Polled(source, SLOT, SLOT, responses, batch, None if batch else error or "s: venue said no", 1)
+
+
+def _one(currency: str = "USDT", total: str = "1", extra: dict | None = None) -> Batch:
+    row = BalanceRow("s", "futures", currency, total=Decimal(total), extra=extra or {})
+    return Batch(accounts=(AccountRef("s"),), balances=(row,))
+
+
+REFUSED_BATCHES = {
+    "NUL in the currency": (_one(currency="US\x00DT"), "balance_snapshots.currency of account 's'"),
+    "lone surrogate in the currency": (
+        _one(currency="US\ud800DT"),
+        "balance_snapshots.currency of account 's'",
+    ),
+    "NaN in extra": (_one(extra={"fee": Decimal("NaN")}), "balance_snapshots.extra of account 's'"),
+    "1e999999 in a mapped field": (_one(total="1e999999"), "balance_snapshots.total of account 's'"),
+    "NUL in extra": (_one(extra={"note": "a\x00b"}), "balance_snapshots.extra of account 's'"),
+    "NaN in a mapped field": (
+        _one(total="NaN"),
+        "BalanceRow of account 's': total is NaN, not a finite number",
+    ),
+    "-Infinity in a mapped field": (_one(total="-Infinity"), "total is -Infinity, not a finite number"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_BATCHES)
+def test_a_batch_postgresql_refuses_is_one_error_line_with_its_run_row(engine, case):
+    batch, named = REFUSED_BATCHES[case]
+    result = store(engine, _polled(batch))
+    assert result.status == "error" and "\n" not in result.error and named in result.error, result.error
+    assert rows(engine, "SELECT status, error FROM ingestion_runs") == [("error", result.error)]
+    assert count(engine, "balance_snapshots") == 0
+
+
+def _raw(text: str | None, body: object = None) -> RawResponse:
+    return RawResponse("/ftapi/v1/account/info", 200, body, SLOT, text=text)
+
+
+UNSTORABLE_BODIES = {
+    "NaN": _raw('{"balance": NaN}'),
+    "Infinity": _raw('{"balance": -Infinity}'),
+    "1e999999": _raw('{"balance": 1e999999}'),
+    "escaped NUL": _raw('{"coin": "\\u0000"}'),
+    "escaped lone surrogate": _raw('{"coin": "\\ud800"}'),
+    "NUL, parsed": _raw(None, {"coin": "US\x00DT"}),
+    "lone surrogate, parsed": _raw(None, {"coin": "\udc80"}),
+    "NaN Decimal, parsed": _raw(None, {"balance": Decimal("NaN")}),
+}
+
+
+@pytest.mark.parametrize("case", UNSTORABLE_BODIES)
+def test_a_failed_poll_is_recorded_whatever_body_the_venue_sent(engine, case):
+    fine = RawResponse("/other", 200, {"ok": 1}, SLOT, text='{"ok": 1}')
+    polled = _polled(None, (UNSTORABLE_BODIES[case], fine), error="s: bittap: got 'a\x00b\ud800'")
+    result = store(engine, polled)
+    assert result.status == "error"
+    ((stored,),) = rows(engine, "SELECT error FROM ingestion_runs WHERE status = 'error'")
+    assert stored == result.error and "\n" not in stored
+    assert stored.startswith(
+        "s: bittap: got 'a\\u0000b\\ud800'; raw body of /ftapi/v1/account/info kept as text"
+    )
+    kept = dict(rows(engine, "SELECT endpoint, body FROM raw_payloads"))
+    assert kept["/other"] == {"ok": 1}
+    assert set(kept["/ftapi/v1/account/info"]) == {"etl_kept_as_text", "text"}
+    if UNSTORABLE_BODIES[case].text is not None:  # the venue's text, as it came
+        assert kept["/ftapi/v1/account/info"]["text"] == UNSTORABLE_BODIES[case].text
+
+
+def test_a_refused_batch_keeps_its_unstorable_raw_body_too(engine):
+    polled = _polled(_one(extra={"fee": Decimal("NaN")}), (_raw('{"fee": NaN}'),))
+    result = store(engine, polled)
+    assert result.status == "error" and "balance_snapshots.extra" not in result.error  # the body failed first
+    assert "kept as text" in result.error
+    assert rows(engine, "SELECT body->>'text' FROM raw_payloads") == [('{"fee": NaN}',)]
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "1e999999", '"\\u0000"', '"\\ud800"'])
+def test_a_body_postgresql_cannot_store_still_leaves_its_run_row(engine, two_sources, value):
+    settings, bad, _ = two_sources
+    body = '{"code": "0", "success": true, "msg": "", "data": {"assets": [{"coin": "USDT", "balance": %s}]}}'
+    bad.fail_next(*[Fault(200, body % value, content_type="application/json")] * 10)
+    results = run(engine, settings)
+    assert results["good"].status == "ok"
+    assert results["bad"].status == "error" and "\n" not in results["bad"].error
+    assert rows(engine, "SELECT status, error FROM ingestion_runs WHERE source = 'bad'") == [
+        ("error", results["bad"].error)
+    ]

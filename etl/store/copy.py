@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 
 from etl import exactjson
+from etl.errors import NormalizeError
 
 NULL = "None"  # the COPY's NULL marker: str(None)
 COPY_OPTIONS = f"(NULL '{NULL}')"
@@ -147,7 +148,8 @@ def lines(
 ) -> Iterator[str]:
     """COPY text for `records`, in chunks; `account_id` maps each record's account to its id.
 
-    Raises KeyError for a record whose account has no id.
+    Raises KeyError for a record whose account has no id, NormalizeError for a number
+    that is NaN or infinite.
     """
     tail_text = "".join("\t" + field(v) for v in tail)
     values: Callable[[Any], tuple[Any, ...]] = attrgetter(*layout.plain)
@@ -174,4 +176,20 @@ def lines(
                         for r in records[start : start + CHUNK]
                     ]
                 )
+        if "NaN" in chunk or "Infinity" in chunk:  # a C-speed look; rarely more (a coin named NaN)
+            _refuse_non_finite(records[start : start + CHUNK], layout)
         yield chunk
+
+
+def _refuse_non_finite(records: Sequence[Any], layout: Layout) -> None:
+    """NUMERIC would store a NaN or an infinite Decimal, but neither is an amount: the
+    normalizers refuse them, and so does the loader, whatever built the batch."""
+    numbers = [name for name in layout.plain if name not in layout.text]
+    for record in records:
+        for name in numbers:
+            value = getattr(record, name)
+            if value is not None and not value.is_finite():
+                raise NormalizeError(
+                    f"{layout.record_type.__name__} of account {record.account!r}: {name} is {value}, "
+                    "not a finite number"
+                )

@@ -10,14 +10,15 @@ closed bucket upserts it (`etl.store.rollups`). `LoadResult.closes` tells the ca
 when, after the commit, older buckets can be closed. The caller owns the
 transaction (`with engine.begin() as conn: load_slot(conn, ...)`): a slot loads whole
 or not at all. `record_failure` writes the run record of a failed poll, with the raw
-bodies that were received (to replay once the normalizer is fixed), and no snapshot row.
+bodies that were received (to replay once the normalizer is fixed; as marked text where
+PostgreSQL refuses them as jsonb: `etl.store.refused`), and no snapshot row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from operator import attrgetter
 from typing import Any, TypeVar
@@ -27,9 +28,10 @@ from psycopg.copy import QueuedLibpqWriter
 from sqlalchemy import Connection, Table
 
 from etl import exactjson
-from etl.errors import NormalizeError
+from etl.errors import Fault, NormalizeError
+from etl.faults import classify
 from etl.records import AccountRow, BalanceRow, Batch, PositionRow, RawResponse
-from etl.store import copy, partitions, rollups, upsert
+from etl.store import copy, locks, partitions, refused, rollups, upsert
 from etl.store.engine import driver_cursor
 from etl.store.schema import account_snapshots, balance_snapshots, position_snapshots
 
@@ -110,7 +112,11 @@ def upsert_accounts(
     cur: psycopg.Cursor[Any], source: str, venue: str, slot: datetime, batch: Batch
 ) -> Reply[dict[str, int]]:
     """Upsert the batch's accounts (locking each one's row until the transaction ends);
-    the reply maps their external ids to ids."""
+    the reply maps their external ids to ids.
+
+    `exchange` and `note` are what the newest slot listing the account said: that slot is
+    `last_seen_at`, so a slot loaded late (a spool drain after live loads resumed, a
+    replay) leaves them, and `last_seen_at`, as they are."""
     refs = batch.accounts
     cur.execute(
         """
@@ -118,10 +124,12 @@ def upsert_accounts(
         SELECT %(source)s, %(venue)s, e, x, n, %(slot)s, %(slot)s
         FROM unnest(%(ids)s::text[], %(exchanges)s::text[], %(notes)s::text[]) AS u(e, x, n)
         ON CONFLICT (source, external_id) DO UPDATE SET
-            exchange = EXCLUDED.exchange, note = EXCLUDED.note,
+            exchange = CASE WHEN EXCLUDED.last_seen_at >= a.last_seen_at THEN EXCLUDED.exchange ELSE a.exchange END,
+            note = CASE WHEN EXCLUDED.last_seen_at >= a.last_seen_at THEN EXCLUDED.note ELSE a.note END,
             first_seen_at = LEAST(a.first_seen_at, EXCLUDED.first_seen_at),
             last_seen_at = GREATEST(a.last_seen_at, EXCLUDED.last_seen_at)
-        WHERE (a.exchange, a.note) IS DISTINCT FROM (EXCLUDED.exchange, EXCLUDED.note)
+        WHERE (EXCLUDED.last_seen_at >= a.last_seen_at
+                AND (a.exchange, a.note) IS DISTINCT FROM (EXCLUDED.exchange, EXCLUDED.note))
             OR EXCLUDED.last_seen_at > a.last_seen_at OR EXCLUDED.first_seen_at < a.first_seen_at
         """,
         {
@@ -360,10 +368,16 @@ def record_failure(
     error: str,
     attempts: int,
     responses: Sequence[RawResponse] = (),
-) -> int | None:
-    """The run row of a failed poll (an earlier `ok` for the same slot is kept) and its raw bodies."""
+) -> str | None:
+    """The run row of a failed poll (an earlier `ok` for the same slot is kept) and its raw
+    bodies; returns the error as stored (None: the `ok` row was kept).
+
+    Nothing the venue sent can make this fail: the error is stored as `refused.storable`
+    text, and a body jsonb refuses (NaN, 1e999999, \\u0000, a lone surrogate) is kept as
+    `refused.kept_as_text`, which the error then mentions."""
     empty = {"accounts": 0, "balances": 0, "account_rows": 0, "positions": 0}
     partitions.ensure(conn, [slot])  # raw_payloads is partitioned too
+    error = refused.storable(error)
     with driver_cursor(conn) as cur:
         run_id = upsert_run(
             cur,
@@ -376,9 +390,43 @@ def record_failure(
             attempts=attempts,
             keep_ok=True,
         )()
-        if run_id is not None:
-            write_raw(cur, source, slot, responses)
-    return run_id
+        if run_id is None:
+            return None
+        notes = [note for r in responses if (note := _write_raw_or_keep(conn, cur, source, slot, r))]
+        if notes:
+            error = refused.storable("; ".join([error, *notes]))
+            cur.execute("UPDATE ingestion_runs SET error = %s WHERE id = %s", (error, run_id))
+    return error
+
+
+def _write_raw_or_keep(
+    conn: Connection, cur: psycopg.Cursor[Any], source: str, slot: datetime, response: RawResponse
+) -> str | None:
+    """Write the body as sent, in a savepoint; if PostgreSQL refuses it for its content
+    (or a parsed body has no JSON text), write it as `refused.kept_as_text` instead and
+    return a note saying so."""
+    text, reason = _body_text(response)
+    if reason is None:
+        try:
+            with conn.begin_nested():
+                write_raw(cur, source, slot, [replace(response, text=text)])
+            return None
+        except Exception as err:  # classified once: only what the data caused is kept as text
+            if classify(err) is not Fault.SOURCE_DATA:
+                raise
+            reason = refused.describe(err)
+    write_raw(cur, source, slot, [replace(response, text=refused.kept_as_text(text, reason))])
+    return f"raw body of {response.endpoint} kept as text ({refused.KEPT_AS_TEXT}): {reason}"
+
+
+def _body_text(response: RawResponse) -> tuple[str, str | None]:
+    """The body's text, and why it cannot be JSON (None: it may be)."""
+    if response.text is not None:
+        return response.text, None
+    try:
+        return exactjson.dumps(response.body), None
+    except ValueError as err:  # a NaN or an Infinity in the parsed body
+        return exactjson.dumps(response.body, allow_nan=True), f"not JSON: {err}"
 
 
 def claim_slots(
@@ -451,9 +499,7 @@ def lock_slot(conn: Connection, source: str, slot: datetime) -> str | None:
     its load and the removal of its file: under this lock the second sees `ok` and skips.
     """
     with driver_cursor(conn) as cur:
-        cur.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{source}|{slot.isoformat()}",)
-        )
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (locks.slot_key(source, slot),))
         cur.execute(
             "SELECT status FROM ingestion_runs WHERE source = %s AND snapshot_ts = %s", (source, slot)
         )

@@ -12,7 +12,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine
 
 from etl.errors import StoreError
-from etl.store import partitions
+from etl.store import locks, partitions
 from etl.store.schema import metadata
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     with engine.begin() as conn:
         # Several processes may start at once (replicas, a cron job beside the daemon):
         # serialize migrations on a transaction-scoped advisory lock.
-        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242001)")
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({locks.MIGRATION})")
         cfg = alembic_config()
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)

@@ -20,12 +20,12 @@ from datetime import UTC, datetime
 
 from sqlalchemy import URL, Connection, text
 
+from etl.store import locks
 from etl.store.schema import PARTITIONED_TABLES
 
 PARENTS = tuple(t.name for t in PARTITIONED_TABLES)
 # Children are named <parent>_pYYYY_MM; migrate.include_object relies on this pattern.
 CHILD_NAME = re.compile(rf"^({'|'.join(PARENTS)})_p(\d{{4}})_(\d{{2}})$")
-_LOCK_KEY = 4242002  # serializes creation across processes (two replicas, one new month)
 
 _known: set[tuple[URL, datetime]] = set()  # (database, month start) known to exist for every parent
 _known_lock = threading.Lock()
@@ -91,7 +91,8 @@ def ensure(conn: Connection, slots: Iterable[datetime]) -> None:
     needed = [(parent, m) for parent in PARENTS for m in missing if (parent, m) not in existing]
     if needed:
         # IF NOT EXISTS alone races (two creators both pass the check); the lock does not.
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+        # Last lock of a load's transaction (etl.store.locks.ORDER).
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": locks.PARTITIONS})
         for parent, month in needed:
             conn.execute(text(create_sql(parent, month)))
     # Only months that were already committed are cached: one created here exists for

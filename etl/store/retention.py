@@ -18,7 +18,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
 from etl.errors import StoreError
-from etl.store import partitions, rollups
+from etl.store import locks, partitions, rollups
 
 # Dropping a partition locks its parent exclusively: behind a long report that would
 # queue every load too, so give up after a while and let the next prune do it.
@@ -93,16 +93,16 @@ def prune(engine: Engine, older_than: timedelta, now: datetime | None = None) ->
     return PruneReport(horizon=horizon, dropped=tuple(dropped), seconds=time.perf_counter() - started)
 
 
-RETENTION_LOCK = 4242002  # advisory lock key: one replica prunes at a time
-
-
 def prune_once(engine: Engine, older_than: timedelta) -> str | None:
-    """`prune` unless another process is pruning now (replicas): its summary, or None if skipped."""
+    """`prune` unless another process is pruning now (replicas): its summary, or None if skipped.
+
+    The lock is held by a session that stays idle while `prune` works on other
+    connections, so it is only tried, never waited for (etl.store.locks)."""
     with engine.connect() as conn:
-        if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": RETENTION_LOCK}).scalar():
+        if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": locks.PRUNE}).scalar():
             return None
         try:
             return prune(engine, older_than).summary()
         finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": RETENTION_LOCK})
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": locks.PRUNE})
             conn.commit()

@@ -18,7 +18,7 @@ Each is a view (migration 0004) over two parts, split per width at the watermark
 A load into a bucket already closed (a late spool drain, a replay) upserts the closed
 rows in its own transaction (`upsert_slot`), moving forward in time only, so re-loading
 an older slot of the bucket changes nothing, and re-running the bucket's latest slot
-updates it in place. Loads hold `LOCK_KEY` shared and a close holds it exclusively: a
+updates it in place. Loads hold `locks.ROLLUPS` shared and a close holds it exclusively: a
 close never misses the rows of a load in flight. `rebuild` recomputes the closed
 buckets of a range from the fine-grained rows (after a replay or a manual fix); it never
 touches buckets older than the oldest partition still held, since retention dropped
@@ -36,14 +36,12 @@ from typing import Any
 import psycopg
 from sqlalchemy import Connection, Engine, Table, text
 
-from etl.store import partitions
+from etl.store import locks, partitions
 from etl.store.engine import driver_cursor
 from etl.store.schema import ROLLUPS
 from etl.store.upsert import source_rows
 
 WIDTH = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
-# Loads hold it shared, a close or a rebuild exclusively (etl.store.partitions has 4242002).
-LOCK_KEY = 4242003
 # For the hashes of a close (rebuild_sql): 1,000 accounts x 50 keys are 50,000 groups and
 # as many rows to join: 5.6 and 3.2 MB (EXPLAIN ANALYZE), near or past the default 4 MB.
 WORK_MEM = "64MB"
@@ -168,7 +166,7 @@ def share_lock(cur: psycopg.Cursor[Any]) -> None:
     flight, so none of their rows can be missing from the buckets it closes, and a load
     that starts during a close reads the watermarks the close leaves. Taken before any
     other lock of the load's transaction, so the two can never wait on each other."""
-    cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (LOCK_KEY,))
+    cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (locks.ROLLUPS,))
 
 
 def watermarks(cur: psycopg.Cursor[Any]) -> Callable[[], dict[str, datetime]]:
@@ -223,7 +221,7 @@ def close(engine: Engine, until: datetime) -> list[Rebuilt]:
             # lock (holding up every load behind them) only to find nothing left to do.
             if all(ends[w] <= t for w, t in watermarks(cur)().items()):
                 return done
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (locks.ROLLUPS,))
             cur.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
             marks = watermarks(cur)()  # again: another close may have committed meanwhile
         for width in ("hour", "day"):  # hours first: a day is closed from its hourly rows
@@ -340,7 +338,7 @@ def _rebuild_range(
             continue
         with engine.begin() as conn:
             # no load may upsert a closed bucket of the range while it is rewritten
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": locks.ROLLUPS})
             conn.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
             conn.execute(
                 text(f"DELETE FROM {rollup.name} WHERE bucket >= :since AND bucket < :until"),

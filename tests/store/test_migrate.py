@@ -88,3 +88,15 @@ def test_0004_keeps_what_the_rollups_held_and_gives_it_back(scratch):
     assert rows(scratch, "SELECT relkind FROM pg_class WHERE relname = 'balances_hourly'") == [("r",)]
     assert {r: rows(scratch, f"SELECT * FROM {r} ORDER BY 1, 2, 3") for r in rollups} == kept
     assert rows(scratch, "SELECT count(*) FROM portfolio_equity_hourly") == [(2,)]
+
+
+def test_0005_bounds_the_portfolio_buckets_in_hours_and_goes_back(scratch):
+    def definition() -> str:
+        return rows(scratch, "SELECT pg_get_viewdef('portfolio_equity_daily')")[0][0]
+
+    migrate.upgrade(scratch)
+    assert "'24:00:00'::interval" in definition() and "'1 day'" not in definition()
+    migrate.downgrade(scratch, "0004")
+    assert "'1 day'::interval" in definition()
+    migrate.upgrade(scratch)
+    assert migrate.drift(scratch) == []

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from etl.errors import StoreError
 from etl.records import RawResponse
-from etl.store import partitions, retention, rollups
+from etl.store import locks, partitions, retention, rollups
 from tests.helpers import rows
 from tests.store.builders import at, load
 
@@ -107,9 +107,9 @@ def test_etl_rollup_rebuild_recomputes_and_needs_its_flag(engine, database_url, 
 def test_prune_once_skips_while_another_replica_prunes(engine):
     load(engine, "s", at("2025-02-10T00:00:00"), {"s": "1"})
     with engine.connect() as other:  # another replica, mid-prune
-        other.execute(text("SELECT pg_advisory_lock(:k)"), {"k": retention.RETENTION_LOCK})
+        other.execute(text("SELECT pg_advisory_lock(:k)"), {"k": locks.PRUNE})
         assert retention.prune_once(engine, timedelta(days=90)) is None
         assert rows(engine, "SELECT count(*) FROM balance_snapshots")[0][0] == 1
-        other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": retention.RETENTION_LOCK})
+        other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": locks.PRUNE})
     assert retention.prune_once(engine, timedelta(days=90)).startswith("dropped ")
     assert rows(engine, "SELECT count(*) FROM balance_snapshots")[0][0] == 0

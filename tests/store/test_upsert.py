@@ -332,3 +332,30 @@ def test_a_load_into_a_month_that_was_vacuumed_empty_probes_the_index_not_the_wh
         before = _seq_scans(conn, "balance_snapshots_p2026_02")
         load_at(february + timedelta(minutes=1))
         assert _seq_scans(conn, "balance_snapshots_p2026_02") == before  # was +20, one per account
+
+
+def _listed(engine, slot: datetime, exchange: str, note: str | None) -> None:
+    ref = AccountRef("acct", exchange=exchange, note=note)
+    with engine.begin() as conn:
+        load_slot(
+            conn,
+            source="ltp",
+            venue="ltp",
+            slot=slot,
+            batch=Batch(accounts=(ref,), balances=(BalanceRow("acct", "Spot", "USDT", total=Decimal(1)),)),
+            responses=(),
+            started_at=slot,
+            attempts=1,
+        )
+
+
+def test_a_late_load_leaves_the_account_metadata_of_the_newest_slot(engine):
+    early, late = SLOT, SLOT + timedelta(minutes=5)
+    _listed(engine, late, "Bybit", "new desk")  # live loads resumed
+    _listed(engine, early, "BINANCE", "old desk")  # then the spool drains an older slot
+    account = "SELECT exchange, note, first_seen_at, last_seen_at FROM accounts"
+    assert rows(engine, account) == [("Bybit", "new desk", early, late)]
+    _listed(engine, late, "Bybit", None)  # a re-run of the newest slot is what the account says now
+    assert rows(engine, account) == [("Bybit", None, early, late)]
+    _listed(engine, late + timedelta(minutes=5), "OKX", "moved")
+    assert rows(engine, account) == [("OKX", "moved", early, late + timedelta(minutes=5))]

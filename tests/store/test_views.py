@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import text
 
+from etl.store import rollups
 from tests.helpers import rows
 from tests.store.builders import at, fail, load
 
@@ -86,3 +89,47 @@ def test_a_bucket_where_a_vanished_accounts_source_failed_is_incomplete(engine):
         "SELECT bucket, total_equity, accounts_reporting, accounts_expected FROM portfolio_equity_daily",
     )
     assert daily[-1] == (at("2026-04-01T00:00:00"), 5, 1, 3)
+
+
+def _across_dst_changes(engine) -> None:
+    """Loads around Europe/Berlin's and America/New_York's spring and autumn changes, each
+    with an account first seen late in the day of the change; the first days closed."""
+    load(engine, "n", at("2026-03-08T06:00:00"), {"n1": "1"})  # New York springs forward at 07:00Z
+    load(engine, "n", at("2026-03-08T23:30:00"), {"n1": "2", "n2": "3"})
+    load(engine, "a", at("2026-03-28T12:00:00"), {"a1": "10"})  # Berlin springs forward at 01:00Z
+    load(engine, "a", at("2026-03-29T23:30:00"), {"a1": "11", "a2": "20"})
+    fail(engine, "n", at("2026-03-29T23:45:00"))
+    rollups.close(engine, at("2026-03-29T12:00:00"))
+    load(engine, "a", at("2026-10-25T12:00:00"), {"a1": "12", "a2": "21"})  # and falls back at 01:00Z
+    load(engine, "a", at("2026-10-26T00:30:00"), {"a1": "13", "a2": "22", "a3": "30"})
+
+
+def _utc(row) -> tuple:
+    return tuple(v.astimezone(UTC) if isinstance(v, datetime) else v for v in row)
+
+
+def _every_view_under(engine, zone: str) -> dict[str, list[tuple]]:
+    with engine.begin() as conn:
+        conn.execute(text("SELECT set_config('TimeZone', :zone, true)"), {"zone": zone})
+        views = conn.execute(
+            text("SELECT viewname FROM pg_views WHERE schemaname = current_schema() ORDER BY 1")
+        ).scalars()
+        out = {v: sorted(map(_utc, conn.execute(text(f"SELECT * FROM {v}"))), key=repr) for v in list(views)}
+        out["balances_as_of"] = sorted(
+            map(_utc, conn.execute(text("SELECT * FROM balances_as_of('2026-03-29T23:40:00Z')"))), key=repr
+        )
+    return out
+
+
+def test_every_view_says_the_same_under_any_session_time_zone(engine):
+    _across_dst_changes(engine)
+    utc = _every_view_under(engine, "UTC")
+    assert len(utc) == 10 and all(utc.values())
+    # a2 and n2, first seen at 23:30Z on the days of the spring changes, are expected that
+    # day; a3, first seen at 00:30Z the day after the autumn change, is not expected before
+    daily = {row[0]: row[2:] for row in utc["portfolio_equity_daily"]}
+    assert daily[at("2026-03-08T00:00:00")] == (2, 2)
+    assert daily[at("2026-03-29T00:00:00")] == (2, 4)  # n failed at 23:45Z: n1, n2 expected too
+    assert daily[at("2026-10-25T00:00:00")] == (2, 2)
+    for zone in ("Europe/Berlin", "America/New_York", "Asia/Kolkata"):
+        assert _every_view_under(engine, zone) == utc, zone
