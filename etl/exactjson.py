@@ -19,5 +19,7 @@ def loads(text: str | bytes) -> Any:
     return json.loads(text, parse_float=Decimal)
 
 
-def dumps(value: Any) -> str:
-    return simplejson.dumps(value, use_decimal=True, separators=(",", ":"), ensure_ascii=False)
+def dumps(value: Any, *, ascii: bool = False) -> str:
+    """With ascii, every non-ASCII character is escaped: the text then encodes whatever
+    the strings hold (a lone surrogate too), and reads back to the same value."""
+    return simplejson.dumps(value, use_decimal=True, separators=(",", ":"), ensure_ascii=ascii)

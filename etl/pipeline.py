@@ -21,10 +21,11 @@ import httpx
 import psycopg
 from aiolimiter import AsyncLimiter
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from etl.config import Settings, SourceConfig
-from etl.errors import EtlError, StoreError
+from etl.errors import EtlError, Fault, StoreError
+from etl.faults import classify
 from etl.records import Batch, RawResponse
 from etl.store import rollups
 from etl.store.load import load_slot, lock_slot, record_failure
@@ -46,6 +47,7 @@ class Polled:
     batch: Batch | None
     error: str | None
     attempts: int
+    fault: Fault | None = None  # what went wrong, when error is set (`etl.faults`)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class RunResult:
     seconds: float = 0.0
     already_loaded: bool = False  # store(keep_loaded=True) found the slot loaded and wrote nothing
     closes: datetime | None = None  # rollup buckets before this can be closed: see close_rollups
+    fault: Fault | None = None  # of an error
 
 
 def scrub(message: str, source: SourceConfig) -> str:
@@ -96,7 +99,7 @@ def client_for(
 async def poll(source: SourceConfig, slot: datetime, http: VenueClient) -> Polled:
     started_at = datetime.now(UTC)
     module = venue(source.venue)
-    batch, error = None, None
+    batch, error, fault = None, None, None
     try:
         # The client's deadline (the daemon's slot budget) also bounds a request in flight.
         async with asyncio.timeout_at(http.deadline):
@@ -104,11 +107,12 @@ async def poll(source: SourceConfig, slot: datetime, http: VenueClient) -> Polle
         batch = module.normalize(source.name, responses)
     except TimeoutError:
         error = f"{source.name}: no answer before the slot's deadline (after {http.attempts} attempt(s))"
+        fault = Fault.VENUE_TRANSIENT
     except EtlError as err:
-        error = f"{source.name}: {err}"
+        error, fault = f"{source.name}: {err}", classify(err)
     except Exception as err:  # a bug in a venue module must not stop the other sources
         log.exception("source %s: unexpected error", source.name)
-        error = f"{source.name}: internal error {type(err).__name__}: {err}"
+        error, fault = f"{source.name}: internal error {type(err).__name__}: {err}", Fault.BUG
     return Polled(
         source=source,
         slot=slot,
@@ -117,6 +121,7 @@ async def poll(source: SourceConfig, slot: datetime, http: VenueClient) -> Polle
         batch=batch,
         error=scrub(error, source) if error else None,
         attempts=http.attempts,
+        fault=fault,
     )
 
 
@@ -164,28 +169,22 @@ def store(engine: Engine, polled: Polled, *, keep_loaded: bool = False) -> RunRe
                     responses=polled.responses,
                 )
                 written = {}
-    except (EtlError, psycopg.DataError, psycopg.IntegrityError) as err:
-        # The batch itself was refused (a duplicate key, a value PostgreSQL cannot hold):
-        # the source's fault, recorded as its error; the database is fine.
-        if polled.batch is None:
-            raise StoreError(f"{source.name}: database: {_first_line(err)}") from None
-        failed = Polled(**{**polled.__dict__, "batch": None, "error": f"{source.name}: {_first_line(err)}"})
-        return store(engine, failed, keep_loaded=keep_loaded)
-    except psycopg.OperationalError as err:  # raised by the raw driver cursor (COPY), not wrapped
-        raise StoreError(f"{source.name}: database: {_first_line(err)}", transient=True) from None
-    except psycopg.Error as err:
-        raise StoreError(f"{source.name}: database: {_first_line(err)}") from None
-    except (OperationalError, DBAPIError) as err:
-        transient = isinstance(err, OperationalError) or bool(getattr(err, "connection_invalidated", False))
-        raise StoreError(f"{source.name}: database: {_first_line(err)}", transient=transient) from None
-    except SQLAlchemyError as err:
-        raise StoreError(f"{source.name}: database: {_first_line(err)}") from None
+    except (EtlError, SQLAlchemyError, psycopg.Error) as err:  # psycopg's own: the raw COPY cursor
+        fault = classify(err)
+        if fault is Fault.SOURCE_DATA and polled.batch is not None:
+            # The batch itself was refused (a duplicate key, a value PostgreSQL cannot hold):
+            # the source's fault, recorded as its error; the database is fine.
+            error = f"{source.name}: {_first_line(err)}"
+            failed = Polled(**{**polled.__dict__, "batch": None, "error": error, "fault": fault})
+            return store(engine, failed, keep_loaded=keep_loaded)
+        raise StoreError(f"{source.name}: database: {_first_line(err)}", fault=fault) from None
     return RunResult(
         source=source.name,
         venue=source.venue,
         slot=polled.slot,
         status="ok" if polled.batch is not None else "error",
         error=polled.error,
+        fault=polled.fault,
         counts=polled.batch.counts() if polled.batch is not None else {},
         written=written,
         attempts=polled.attempts,

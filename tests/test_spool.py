@@ -64,7 +64,7 @@ def test_entries_sort_oldest_slot_first_and_temp_files_are_not_entries(tmp_path)
     late = spool.put(SpooledMissed("b", (datetime(2026, 1, 2, tzinfo=UTC),), "paused"))
     early = spool.put(SpooledMissed("a", (datetime(2026, 1, 1, tzinfo=UTC),), "paused"))
     (tmp_path / ".tmp-20250101T000000000000Z@a@poll@x.json").write_text('{"trunc')  # a crash mid-write
-    assert spool.pending() == [early, late]
+    assert spool.oldest(10) == [early, late] and spool.oldest(1) == [early]
     assert spool.depth_by_source() == {"a": 1, "b": 1}
     assert spool.recover() == 1
     assert sorted(os.listdir(tmp_path)) == sorted([early.name, late.name])
@@ -77,7 +77,7 @@ def test_an_unreadable_file_is_a_spool_error_and_is_moved_aside_not_deleted(tmp_
     with pytest.raises(SpoolError, match="unreadable"):
         spool.read(bad)
     moved = spool.reject(bad)
-    assert spool.pending() == [] and moved.read_text() == '{"format": 1, "kind": "poll"}'
+    assert spool.oldest(10) == [] and moved.read_text() == '{"format": 1, "kind": "poll"}'
 
 
 def test_a_spooled_slot_loads_exactly_like_a_live_one(engine, tmp_path, sim_and_settings):
