@@ -63,6 +63,8 @@ class Ledger:
 
     async def run(self) -> None:
         """The supervised loop: whenever something is owed, hand it on."""
+        if self.owed:  # owed before a crash restarted this loop
+            self._more.set()
         while True:
             await self._more.wait()
             self._more.clear()
