@@ -55,8 +55,8 @@ from bench.harness import (
     rss_mb,
 )
 from etl import pipeline, scheduler
-from etl.daemon import loads, runner
 from etl.config import Settings, parse_settings
+from etl.daemon import loads, runner
 from etl.records import Batch
 from etl.sim.base import Simulator
 from etl.sim.bittap import BittapSimulator

@@ -58,6 +58,7 @@ from etl.errors import ConfigError
 from etl.metrics import Metrics
 from etl.slots import floor_to_slot
 from etl.spool import Spool
+from etl.store.load import last_slots
 from etl.store.retention import prune_once
 from etl.venues import venue
 
@@ -162,7 +163,8 @@ class Daemon:
         """What slots need, without the schedule: the database checked, the HTTP clients
         open, the supervised loops (reconnects, the spool drain, the ledger) running."""
         self.spool.recover()
-        await self.database.connect(first=True)
+        if await self.database.connect(first=True):
+            await self._resume()
         # A pool per source, not one for all: httpcore scans every connection of its pool
         # on each request and response (quadratic in the pool's size), which with a shared
         # pool of a few hundred connections cost more CPU than the requests themselves. A
@@ -182,6 +184,23 @@ class Daemon:
             await self.supervisor.stop(CLOSE_TIMEOUT)
             await self.ledger.close(CLOSE_TIMEOUT)
             self.database.close()
+
+    async def _resume(self) -> None:
+        """The slots since each source's last run row (of any replica) are expected: those
+        nobody polled while no daemon ran are recorded as missed at the first slot."""
+        try:
+            last = await self.database.call(partial(self._last_slots))
+        except Exception as err:
+            self.database.failed(err, "the last slots of the sources")
+            return
+        for name, slot in last.items():
+            self._expected.setdefault(
+                name, floor_to_slot(slot, self.timing[name].interval) + self.timing[name].interval
+            )
+
+    def _last_slots(self) -> dict[str, datetime]:
+        with self.database.engine.connect() as conn:
+            return last_slots(conn, list(self.sources))
 
     def _limits(self, source: str) -> httpx.Limits:
         """A source's connections outlive the idle time between its slots (httpx's default
@@ -270,7 +289,7 @@ class Daemon:
         now = datetime.now(UTC)
         slot = floor_to_slot(now, timing.interval)
         self._advance(
-            name, slot, skipped=False, reason="the daemon did not run (process paused or machine asleep)"
+            name, slot, skipped=False, reason="the daemon did not run (stopped, paused or machine asleep)"
         )
         deadline = time.monotonic() + (slot + timing.poll_budget - now).total_seconds()
         await self.run_slot(self.sources[name], slot, deadline)

@@ -11,6 +11,10 @@ through the same upsert as a live one (`etl.pipeline.store(..., keep_loaded=True
 skips a slot already loaded: a file drained twice (a crash between the load and the
 removal, or two replicas on one spool) changes nothing the second time. A missed entry
 keeps slots nobody polled, to be recorded as `missed` in `ingestion_runs`.
+
+The text is ASCII (every other character escaped), so any body spools, a lone surrogate
+included. A failed write removes its temp file. The daemon reads the folder in bounded
+steps (`Spool.oldest(n)`) and keeps its depth as a count (`Spool.depth`).
 """
 
 from __future__ import annotations

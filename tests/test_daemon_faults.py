@@ -340,3 +340,29 @@ def test_a_claimed_live_load_never_overwrites_a_slot_another_replica_drained_fir
         engine, "SELECT total FROM balance_snapshots WHERE currency = 'USDT' AND account_type = 'futures'"
     )
     assert totals == [(Decimal("1.5"),)]
+
+
+def test_the_slots_no_daemon_ran_are_recorded_as_missed_at_start(engine, tmp_path, venue):
+    _, url = venue
+    settings = settings_for(source_entry("alpha", "bittap", url, "alpha-key", "alpha-secret"), interval="2s")
+    before = floor_to_slot(datetime.now(UTC), 2 * S) - 5 * 2 * S  # the last slot of a daemon stopped then
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO ingestion_runs (source, snapshot_ts, started_at, finished_at, status) "
+            "VALUES ('alpha', %s, now(), now(), 'ok')",
+            (before,),
+        )
+    daemon = Daemon(settings, engine, Spool(tmp_path))
+
+    async def go() -> None:
+        task = asyncio.create_task(daemon.run(signals=False))
+        await until(lambda: count(engine, "ingestion_runs") >= 6 and daemon.ledger.owed == {}, 12)
+        daemon.stop()
+        await task
+
+    asyncio.run(go())
+    runs = rows(engine, "SELECT snapshot_ts, status, error FROM ingestion_runs ORDER BY 1")
+    slots = [r[0] for r in runs]
+    assert slots == [before + i * 2 * S for i in range(len(slots))]  # no slot without a row
+    assert {r[1] for r in runs[1:4]} == {"missed"}
+    assert all("the daemon did not run" in r[2] for r in runs if r[1] == "missed")

@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from etl.daemon import loads
 from etl.config import parse_settings
+from etl.daemon import loads
 from etl.errors import ConfigError
 from etl.pipeline import close_rollups
 from etl.scheduler import Daemon, Timing, missed_between

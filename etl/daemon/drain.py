@@ -25,7 +25,7 @@ from etl.spool import Entry, Spool, SpooledMissed, SpoolError, source_of
 
 log = logging.getLogger(__name__)
 
-DRAIN_BATCH = 200  # spool entries listed per step
+DRAIN_BATCH = 1000  # spool entries listed per step: a pass over 100k names takes ~0.4 s
 
 
 class Drainer:
@@ -49,6 +49,7 @@ class Drainer:
         self.tick = tick
         self._orphans: set[str] = set()  # sources no longer configured: their entries are kept
         self._stuck: set[str] = set()  # entries that could be neither removed nor moved aside
+        self._draining = asyncio.Lock()
 
     async def run(self) -> None:
         """The supervised loop."""
@@ -60,14 +61,15 @@ class Drainer:
 
     async def drain(self) -> None:
         """Until the spool is empty (but for kept entries) or the database fails."""
-        while self.database.up and self.spool.depth() > 0:
-            batch = await asyncio.to_thread(self.spool.oldest, DRAIN_BATCH, self._skipped)
-            if not batch:
-                return
-            for path in batch:
-                if not self.database.up:
+        async with self._draining:  # one drain at a time reads each entry once
+            while self.database.up and self.spool.depth() > 0:
+                batch = await asyncio.to_thread(self.spool.oldest, DRAIN_BATCH, self._skipped)
+                if not batch:
                     return
-                await self._drain_one(path)
+                for path in batch:
+                    if not self.database.up:
+                        return
+                    await self._drain_one(path)
 
     def _skipped(self, name: str) -> bool:
         return name in self._stuck or source_of(name) in self._orphans

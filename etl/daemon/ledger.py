@@ -69,8 +69,9 @@ class Ledger:
             await self._more.wait()
             self._more.clear()
             await self.flush()
-            if self.owed:  # the database and the spool are both unavailable: try again later
-                await asyncio.sleep(self.tick)
+            if self.owed:  # neither the database nor the spool took it: again once it answers
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.database.answers(), self.tick)
                 self._more.set()
 
     async def flush(self) -> None:

@@ -464,3 +464,16 @@ def lock_slot(conn: Connection, source: str, slot: datetime) -> str | None:
         )
         row = cur.fetchone()
     return str(row[0]) if row else None
+
+
+def last_slots(conn: Connection, sources: Sequence[str]) -> dict[str, datetime]:
+    """Per source, the latest slot that has a run row (sources without one are absent)."""
+    with driver_cursor(conn) as cur:
+        cur.execute(
+            """
+            SELECT s, (SELECT max(snapshot_ts) FROM ingestion_runs WHERE source = s)
+            FROM unnest(%s::text[]) AS u(s)
+            """,
+            (list(sources),),
+        )
+        return {str(source): last for source, last in cur.fetchall() if last is not None}
