@@ -288,9 +288,11 @@ class Daemon:
         timing = self.timing[name]
         now = datetime.now(UTC)
         slot = floor_to_slot(now, timing.interval)
-        self._advance(
-            name, slot, skipped=False, reason="the daemon did not run (stopped, paused or machine asleep)"
-        )
+        try:
+            reason = "the daemon did not run (stopped, paused or machine asleep)"
+            self._advance(name, slot, skipped=False, reason=reason)
+        except Exception as err:  # a bug of ours: this slot still runs, and the next ones
+            self.supervisor.crashed("schedule", "the slot runs anyway", err)
         deadline = time.monotonic() + (slot + timing.poll_budget - now).total_seconds()
         await self.run_slot(self.sources[name], slot, deadline)
 

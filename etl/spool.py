@@ -193,6 +193,7 @@ class Spool:
         self.rejected = root / "rejected"
         self._depth: int | None = None
         self._counted_at = 0.0
+        self._unreadable: OSError | None = None
 
     def put(self, entry: Entry) -> Path:
         """Write durably: temp file, fsync, rename, fsync the folder. A write that fails
@@ -247,6 +248,12 @@ class Spool:
                         yield item.name
         except FileNotFoundError:
             return
+        except OSError as err:  # no entry can be seen; said once, not on every tick
+            if self._unreadable is None:
+                log.error("spool %s cannot be read (%s): no entry is drained", self.root, err.strerror or err)
+            self._unreadable = err
+            return
+        self._unreadable = None
 
     def read(self, path: Path) -> Entry:
         """Raises FileNotFoundError if another process took it, SpoolError if it is unreadable."""

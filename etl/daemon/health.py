@@ -60,6 +60,7 @@ class Database:
                 what,
                 fault,
                 first_line(err),
+                exc_info=err if fault is Fault.BUG else None,  # ours to fix: where it happened
                 extra={"event": "database_error"},
             )
             return fault

@@ -145,9 +145,7 @@ class Runner:
             self.metrics.failed(name, fault)
             if fault is Fault.DATABASE_DOWN:
                 return await self._spool(polled, f"database: {first_line(err)}")
-            self.ledger.owe(
-                name, [slot], "error", f"{name}: the database refused the load ({fault}): {first_line(err)}"
-            )
+            self.ledger.owe(name, [slot], "error", f"{name}: the load failed ({fault}): {first_line(err)}")
             return "error"
         if result.already_loaded:
             log.info("%s %s: another worker loaded this slot first; this poll is dropped", name, iso(slot))
