@@ -52,7 +52,7 @@ class Metrics:
         self.rows = Counter("etl_rows_total", "Rows loaded", ["source", "table"], registry=r)
         self.slots = Counter(
             "etl_slots_total",
-            "Slots by outcome: ok, error, spooled, drained, claimed_elsewhere",
+            "Slots by outcome: ok, error, spooled, drained, claimed_elsewhere, missed",
             ["source", "outcome"],
             registry=r,
         )

@@ -19,6 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
+import psycopg
 import pytest
 
 from etl.daemon import drain
@@ -366,3 +367,29 @@ def test_the_slots_no_daemon_ran_are_recorded_as_missed_at_start(engine, tmp_pat
     assert slots == [before + i * 2 * S for i in range(len(slots))]  # no slot without a row
     assert {r[1] for r in runs[1:4]} == {"missed"}
     assert all("the daemon did not run" in r[2] for r in runs if r[1] == "missed")
+
+
+def test_a_claimed_slot_whose_load_and_spool_both_fail_ends_missed_not_running(
+    engine, tmp_path, venue, monkeypatch
+):
+    _, url = venue
+    daemon = Daemon(two_sources(url), engine, FullDisk(tmp_path))
+    daemon.database.tick = 0.2
+    slot = floor_to_slot(datetime.now(UTC), 60 * S)
+
+    def connection_lost(polled: Any) -> Any:  # the server went away between the claim and the load
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(daemon.loads, "store", connection_lost)
+
+    async def go() -> str:
+        outcome = await daemon.run_slot(daemon.sources["alpha"], slot, time.monotonic() + 10)
+        await until(lambda: rows(engine, "SELECT status FROM ingestion_runs") == [("missed",)])
+        return outcome
+
+    assert inside(daemon, go) == "missed"
+    ((worker, error),) = rows(engine, "SELECT worker, error FROM ingestion_runs")
+    assert worker is None and error.startswith("neither loaded (database: server closed the connection")
+    assert daemon.metrics.registry.get_sample_value(
+        "etl_errors_total", {"source": "alpha", "kind": "database_down"}
+    )
