@@ -4,7 +4,8 @@ A slot nobody polled (`missed`, with the reason), or one whose outcome could not
 written where it happened (an error of the daemon's own, a poll neither loaded nor
 spooled), is owed here, in memory, until the database takes it; while the database is
 down a missed gap goes to the spool instead, which survives a restart. What is owed is
-bounded: MAX_MISSED_ROWS slots per (source, reason), the latest kept, the rest counted.
+bounded: MAX_MISSED_ROWS slots per (source, reason), the latest kept, the rest counted,
+and MAX_OWED such entries (past it, a row is logged as lost).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from etl.store.load import record_failure, record_missed
 log = logging.getLogger(__name__)
 
 MAX_MISSED_ROWS = 10_000  # per gap: a machine asleep for a week at 1 slot/s must not write 600k rows
+MAX_OWED = 10_000  # (source, status, reason) kept in memory; slots with one reason share an entry
 Status = Literal["missed", "error"]
 Key = tuple[str, Status, str]  # source, status, reason
 
@@ -52,6 +54,9 @@ class Ledger:
         key = (source, status, reason)
         if status == "missed":
             self.metrics.missed.labels(source).inc(len(slots) + earlier)
+        if key not in self.owed and len(self.owed) >= MAX_OWED:
+            self._lost(key, list(slots), f"more than {MAX_OWED} kinds of rows are owed already")
+            return
         kept = self.owed.setdefault(key, [])
         kept.extend(slots)
         over = len(kept) - MAX_MISSED_ROWS
