@@ -56,13 +56,14 @@ class Drainer:
         while True:
             if self.database.up:
                 await self.drain()
-            self.metrics.spool_depth.set(self.spool.depth())
+            # in a thread: now and then the depth is recounted, a pass over the folder
+            self.metrics.spool_depth.set(await asyncio.to_thread(self.spool.depth))
             await asyncio.sleep(self.tick)
 
     async def drain(self) -> None:
         """Until the spool is empty (but for kept entries) or the database fails."""
         async with self._draining:  # one drain at a time reads each entry once
-            while self.database.up and self.spool.depth() > 0:
+            while self.database.up and await asyncio.to_thread(self.spool.depth) > 0:
                 batch = await asyncio.to_thread(self.spool.oldest, DRAIN_BATCH, self._skipped)
                 if not batch:
                     return
