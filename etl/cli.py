@@ -69,12 +69,8 @@ def one_line_errors(func: F) -> F:
             raise typer.Exit(1) from None
         except DBAPIError as e:  # unreachable or refusing database: one line, not a traceback
             first = str(e.orig or e).strip().splitlines()
-            err.print(
-                f"error: database: {first[0] if first else type(e).__name__}",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
+            err.print(f"error: database: {first[0] if first else type(e).__name__}", markup=False,
+                      highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         finally:
             while _engines:
@@ -272,10 +268,7 @@ def status(config: ConfigOption = None) -> None:
     try:
         rows = read_status(_engine(settings, migrate_first=False), settings, spool)
     except (EtlError, DBAPIError) as e:  # the spool is worth showing precisely when the database is down
-        rows, problem = (
-            spool_only(settings, spool),
-            str(getattr(e, "orig", None) or e).strip().splitlines()[0],
-        )
+        rows, problem = spool_only(settings, spool), str(getattr(e, "orig", None) or e).strip().splitlines()[0]
     table = Table()
     for column in ("source", "venue", "every", "last ok slot", "last error", "missed 24h", "spooled"):
         table.add_column(column, no_wrap=column != "last error")  # only the message may wrap
@@ -289,9 +282,7 @@ def status(config: ConfigOption = None) -> None:
             error,
             "?" if problem else str(r.missed),
             str(r.spooled),
-            style="red"
-            if r.last_error_slot and (r.last_ok is None or r.last_error_slot > r.last_ok)
-            else None,
+            style="red" if r.last_error_slot and (r.last_ok is None or r.last_error_slot > r.last_ok) else None,
         )
     out.print(table)
     if problem:

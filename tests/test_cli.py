@@ -57,39 +57,22 @@ api_secret = "env:LIVE_SECRET"
 
 def test_run_once_twice_for_a_slot_gives_the_same_rows_and_rewrites_none(engine, bittap_config):
     path, sim = bittap_config
-    sim.accounts["live-key"].body = {
-        "code": "0",
-        "success": True,
-        "msg": "ok",
-        "data": sim._data(sim.accounts["live-key"]),
-    }
+    sim.accounts["live-key"].body = {"code": "0", "success": True, "msg": "ok",
+                                     "data": sim._data(sim.accounts["live-key"])}
     args = ["run", "--once", "--config", str(path), "--slot", "2026-01-01T00:00:00Z"]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     counts = {t: count(engine, t) for t in ("balance_snapshots", "account_snapshots", "position_snapshots")}
-    versions = rows(
-        engine,
-        "SELECT xmin::text FROM balance_snapshots UNION ALL SELECT xmin::text FROM "
-        "position_snapshots UNION ALL SELECT xmin::text FROM account_snapshots",
-    )
+    versions = rows(engine, "SELECT xmin::text FROM balance_snapshots UNION ALL SELECT xmin::text FROM "
+                            "position_snapshots UNION ALL SELECT xmin::text FROM account_snapshots")
     second = runner.invoke(app, args)
     assert second.exit_code == 0, second.output
-    assert (
-        {t: count(engine, t) for t in counts}
-        == counts
-        == {"balance_snapshots": 2, "account_snapshots": 2, "position_snapshots": 3}
-    )
-    assert sorted(versions) == sorted(
-        rows(
-            engine,
-            "SELECT xmin::text FROM balance_snapshots UNION ALL SELECT "
-            "xmin::text FROM position_snapshots UNION ALL SELECT xmin::text "
-            "FROM account_snapshots",
-        )
-    )
-    assert rows(engine, "SELECT DISTINCT snapshot_ts::text FROM balance_snapshots") == [
-        ("2026-01-01 00:00:00+00",)
-    ]
+    assert {t: count(engine, t) for t in counts} == counts == {
+        "balance_snapshots": 2, "account_snapshots": 2, "position_snapshots": 3}
+    assert sorted(versions) == sorted(rows(engine, "SELECT xmin::text FROM balance_snapshots UNION ALL SELECT "
+                                                   "xmin::text FROM position_snapshots UNION ALL SELECT xmin::text "
+                                                   "FROM account_snapshots"))
+    assert rows(engine, "SELECT DISTINCT snapshot_ts::text FROM balance_snapshots") == [("2026-01-01 00:00:00+00",)]
     assert "seed" in second.output and "ok" in second.output
 
 
@@ -99,10 +82,8 @@ def test_run_exits_1_when_a_source_fails_and_still_loads_the_others(engine, bitt
     result = runner.invoke(app, ["run", "--once", "--config", str(path)])
     assert result.exit_code == 1
     assert "error: seed: bittap data.assets[0].balance: expected a number, got '12,5 USDT'" in result.output
-    assert rows(engine, "SELECT source, status FROM ingestion_runs ORDER BY source") == [
-        ("live", "ok"),
-        ("seed", "error"),
-    ]
+    assert rows(engine, "SELECT source, status FROM ingestion_runs ORDER BY source") == [("live", "ok"),
+                                                                                          ("seed", "error")]
 
 
 def test_run_only_the_named_source(engine, bittap_config):
@@ -116,15 +97,8 @@ def test_run_only_the_named_source(engine, bittap_config):
 
 def test_check_tries_each_source_without_writing(engine, bittap_config):
     path, sim = bittap_config
-    sim.fail_next(
-        *[
-            Fault(
-                401,
-                '{"code":"410001","msg":"Invalid API key","success":false}',
-                content_type="application/json",
-            )
-        ]
-    )
+    sim.fail_next(*[Fault(401, '{"code":"410001","msg":"Invalid API key","success":false}',
+                          content_type="application/json")])
     result = runner.invoke(app, ["check", "--config", str(path)])
     assert result.exit_code == 1
     assert "FAILED" in result.output and "code 410001: Invalid API key" in result.output
@@ -141,17 +115,13 @@ def test_run_needs_once_and_a_valid_slot(bittap_config):
 
 def test_a_bad_config_is_one_line_on_stderr_without_traceback(tmp_path):
     path = tmp_path / "etl.toml"
-    path.write_text(
-        '[[sources]]\nname = "x"\nvenue = "nope"\napi_key = "env:HOME"\napi_secret = "env:HOME"\n'
-    )
+    path.write_text('[[sources]]\nname = "x"\nvenue = "nope"\napi_key = "env:HOME"\napi_secret = "env:HOME"\n')
     env = {**os.environ, "ETL_CONFIG": str(path)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "etl", "run", "--once"], capture_output=True, text=True, env=env, timeout=60
-    )
+    proc = subprocess.run([sys.executable, "-m", "etl", "run", "--once"], capture_output=True, text=True,
+                          env=env, timeout=60)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == (
-        f"error: {path}: sources[0].venue: unknown venue 'nope' (expected one of htx, bittap, ltp, treadfi)"
-    )
+    assert proc.stderr.strip() == (f"error: {path}: sources[0].venue: unknown venue 'nope' "
+                                   "(expected one of htx, bittap, ltp, treadfi)")
     assert "Traceback" not in proc.stderr
 
 
@@ -178,11 +148,6 @@ def test_every_command_has_help():
 
 
 def test_python_dash_m_etl_works():
-    proc = subprocess.run(
-        [sys.executable, "-m", "etl", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(__file__).parent,
-    )
+    proc = subprocess.run([sys.executable, "-m", "etl", "--help"], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).parent)
     assert proc.returncode == 0 and "demo" in proc.stdout

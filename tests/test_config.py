@@ -59,25 +59,17 @@ def test_secrets_never_show_in_repr_str_or_pickle(env):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (
-            ('venue = "bittap"', 'venue = "kraken"'),
-            "sources[0].venue: unknown venue 'kraken' (expected one of htx, bittap, ltp, treadfi)",
-        ),
-        (('name = "bittap-main"', 'name = "bittap-main"\ncolour = "red"'), "sources[0].colour: unknown key"),
-        (
-            ("env:T_KEY", "env:NOT_SET_ANYWHERE"),
-            "sources[0].api_key: environment variable NOT_SET_ANYWHERE is not set",
-        ),
-        (
-            ("env:T_KEY", "plain-literal-key"),
-            "sources[0].api_key: secrets must be references 'env:NAME' or 'file:PATH', not literal values",
-        ),
+        (("venue = \"bittap\"", "venue = \"kraken\""),
+         "sources[0].venue: unknown venue 'kraken' (expected one of htx, bittap, ltp, treadfi)"),
+        (("name = \"bittap-main\"", "name = \"bittap-main\"\ncolour = \"red\""), "sources[0].colour: unknown key"),
+        (("env:T_KEY", "env:NOT_SET_ANYWHERE"),
+         "sources[0].api_key: environment variable NOT_SET_ANYWHERE is not set"),
+        (("env:T_KEY", "plain-literal-key"),
+         "sources[0].api_key: secrets must be references 'env:NAME' or 'file:PATH', not literal values"),
         (("file:secret.txt", "file:missing.txt"), "sources[0].api_secret: cannot read secret file"),
-        (
-            ('interval = "5m"', 'interval = "5 minutes"'),
-            "schedule.interval: expected a duration like '60s', '5m', '1h' or '90d', got '5 minutes'",
-        ),
-        (('api_secret = "file:secret.txt"\n', ""), "sources[0]: api_secret: required for venue bittap"),
+        (("interval = \"5m\"", "interval = \"5 minutes\""),
+         "schedule.interval: expected a duration like '60s', '5m', '1h' or '90d', got '5 minutes'"),
+        (("api_secret = \"file:secret.txt\"\n", ""), "sources[0]: api_secret: required for venue bittap"),
         (("[schedule]", "[scheduel]"), "scheduel: unknown key"),
     ],
 )
@@ -117,10 +109,8 @@ def test_unsigned_venue_needs_no_secret(monkeypatch):
     assert settings.sources[0].api_secret is None
 
 
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("60s", 60), ("5m", 300), ("1h", 3600), ("90d", 7776000), ("500ms", 0.5), ("1.5s", 1.5)],
-)
+@pytest.mark.parametrize(("text", "seconds"), [("60s", 60), ("5m", 300), ("1h", 3600), ("90d", 7776000),
+                                                ("500ms", 0.5), ("1.5s", 1.5)])
 def test_durations(text, seconds):
     assert parse_duration(text).total_seconds() == seconds
 

@@ -13,16 +13,8 @@ from etl.venues.fields import Fields, ms_to_datetime, parse_decimal
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [
-        ("12282.88002680674743639045", "12282.88002680674743639045"),
-        ("1E-8", "1E-8"),
-        ("-0.5", "-0.5"),
-        (" 7 ", "7"),
-        (Decimal("3.0100"), "3.0100"),
-        (20, "20"),
-        (".5", "0.5"),
-        ("5.", "5"),
-    ],
+    [("12282.88002680674743639045", "12282.88002680674743639045"), ("1E-8", "1E-8"), ("-0.5", "-0.5"),
+     (" 7 ", "7"), (Decimal("3.0100"), "3.0100"), (20, "20"), (".5", "0.5"), ("5.", "5")],
 )
 def test_numbers_parse_exactly(value, expected):
     assert str(parse_decimal(value, "v")) == expected
@@ -33,9 +25,7 @@ def test_empty_is_none_never_zero(value):
     assert parse_decimal(value, "v") is None
 
 
-@pytest.mark.parametrize(
-    "value", ["12,5 USDT", "1_000", "Infinity", "NaN", "١٢", "0x10", True, 1.5, [1], "--1"]
-)
+@pytest.mark.parametrize("value", ["12,5 USDT", "1_000", "Infinity", "NaN", "١٢", "0x10", True, 1.5, [1], "--1"])
 def test_anything_else_is_an_error_naming_the_field(value):
     with pytest.raises(NormalizeError, match=r"^venue data\[2\]\.total: expected a (finite )?number"):
         parse_decimal(value, "venue data[2].total")
