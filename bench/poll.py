@@ -56,6 +56,7 @@ from bench.harness import (
 )
 from etl import pipeline, scheduler
 from etl.config import Settings, parse_settings
+from etl.daemon import loads, runner
 from etl.records import Batch
 from etl.sim.base import Simulator
 from etl.sim.bittap import BittapSimulator
@@ -219,9 +220,9 @@ class CpuClock:
         for name in VENUES:
             module: Any = venue(name)
             self._wrap(module, "normalize", counted=True)
-        self._wrap(scheduler, "store")
+        self._wrap(loads, "store")
         self._wrap(pipeline, "store")
-        original_poll, original_send = scheduler.poll, VenueClient._send_once
+        original_poll, original_send = runner.poll, VenueClient._send_once
         sent: dict[int, int] = {}
 
         async def send_once(client: VenueClient, *args: Any) -> Any:
@@ -236,8 +237,8 @@ class CpuClock:
         VenueClient._send_once = send_once  # type: ignore[method-assign]
         self._undo.append(lambda: setattr(VenueClient, "_send_once", original_send))
 
-        scheduler.poll = poll  # type: ignore[assignment]
-        self._undo.append(lambda: setattr(scheduler, "poll", original_poll))
+        runner.poll = poll  # type: ignore[assignment]
+        self._undo.append(lambda: setattr(runner, "poll", original_poll))
 
     def _wrap(self, owner: Any, attr: str, counted: bool = False) -> None:
         original = getattr(owner, attr)

@@ -64,8 +64,9 @@ class NormalizeError(EtlError):
 
 
 class StoreError(EtlError):
-    """The database refused or could not be reached."""
+    """The database refused or could not be reached; `fault` says which, when known."""
 
-    def __init__(self, message: str, *, transient: bool = False):
+    def __init__(self, message: str, *, transient: bool = False, fault: Fault | None = None):
         super().__init__(message)
-        self.transient = transient
+        self.transient = transient or fault is Fault.DATABASE_DOWN
+        self.fault = fault

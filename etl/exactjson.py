@@ -19,9 +19,11 @@ def loads(text: str | bytes) -> Any:
     return json.loads(text, parse_float=Decimal)
 
 
-def dumps(value: Any, *, allow_nan: bool = False) -> str:
+def dumps(value: Any, *, allow_nan: bool = False, ascii: bool = False) -> str:
     """Compact JSON; raises ValueError on NaN or Infinity unless `allow_nan` (then written
-    as those tokens, which are not JSON: for showing such a value, never for storing it)."""
+    as those tokens, which are not JSON: for showing such a value, never for storing it).
+    With ascii, every non-ASCII character is escaped: the text then encodes whatever the
+    strings hold (a lone surrogate too), and reads back to the same value."""
     return simplejson.dumps(
-        value, use_decimal=True, separators=(",", ":"), ensure_ascii=False, allow_nan=allow_nan
+        value, use_decimal=True, separators=(",", ":"), ensure_ascii=ascii, allow_nan=allow_nan
     )

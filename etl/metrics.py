@@ -1,8 +1,8 @@
 """The daemon's Prometheus metrics (prometheus-client), on `etl daemon --metrics-port P`.
 
 Per source: when a slot last loaded and which, how late its load finished (slot lag),
-poll and load durations, rows, outcomes, errors and missed slots; for the process: the
-spool depth and whether the database answers. Each daemon has its own registry, so
+poll and load durations, rows, outcomes, errors by fault and missed slots; for the
+process: the spool depth, whether the database answers, and crashes of its own tasks. Each daemon has its own registry, so
 tests can run several in one process.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from etl.errors import Fault
 from etl.pipeline import RunResult
 
 # Poll and load durations: from a fast loopback call to a slot budget spent on retries.
@@ -51,18 +52,28 @@ class Metrics:
         self.rows = Counter("etl_rows_total", "Rows loaded", ["source", "table"], registry=r)
         self.slots = Counter(
             "etl_slots_total",
-            "Slots by outcome: ok, error, spooled, drained, claimed_elsewhere",
+            "Slots by outcome: ok, error, spooled, drained, claimed_elsewhere, missed",
             ["source", "outcome"],
             registry=r,
         )
         self.errors = Counter(
-            "etl_errors_total", "Errors by kind: venue, database", ["source", "kind"], registry=r
+            "etl_errors_total",
+            "Failures by fault (etl.faults): source_data, venue_transient, venue_terminal, database_down, bug",
+            ["source", "kind"],
+            registry=r,
         )
         self.missed = Counter(
             "etl_missed_slots_total", "Slots the daemon did not poll", ["source"], registry=r
         )
         self.spool_depth = Gauge("etl_spool_depth", "Entries waiting in the spool", registry=r)
         self.database_up = Gauge("etl_database_up", "1 if the database answers", registry=r)
+        self.task_restarts = Counter(
+            "etl_task_restarts_total",
+            "Unexpected exceptions in the daemon's own tasks (logged with their traceback); "
+            "a loop is restarted after a backoff, a one-off task runs again at its next occasion",
+            ["task"],
+            registry=r,
+        )
         self._latest: dict[str, float] = {}  # a spooled slot drained late must not move it back
 
     def serve(self, port: int, host: str) -> None:
@@ -74,10 +85,15 @@ class Metrics:
         self.slots.labels(source, result.status).inc()
         self.load_seconds.labels(source).observe(load_seconds)
         if result.status != "ok":
-            self.errors.labels(source, "venue").inc()
+            self.failed(source, result.fault)
             return
         self.loaded(result)
         self.slot_lag.labels(source).set(lag)
+
+    def failed(self, source: str, fault: Fault | None) -> None:
+        """A failure of the source, by its fault (None: the daemon stopped before the poll ended)."""
+        if fault is not None:
+            self.errors.labels(source, fault.value).inc()
 
     def loaded(self, result: RunResult) -> None:
         """A slot's rows are in the database (live or from the spool)."""

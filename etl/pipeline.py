@@ -47,6 +47,7 @@ class Polled:
     batch: Batch | None
     error: str | None
     attempts: int
+    fault: Fault | None = None  # what went wrong, when error is set (`etl.faults`)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class RunResult:
     seconds: float = 0.0
     already_loaded: bool = False  # store(keep_loaded=True) found the slot loaded and wrote nothing
     closes: datetime | None = None  # rollup buckets before this can be closed: see close_rollups
+    fault: Fault | None = None  # of an error
 
 
 def scrub(message: str, source: SourceConfig) -> str:
@@ -97,7 +99,7 @@ def client_for(
 async def poll(source: SourceConfig, slot: datetime, http: VenueClient) -> Polled:
     started_at = datetime.now(UTC)
     module = venue(source.venue)
-    batch, error = None, None
+    batch, error, fault = None, None, None
     try:
         # The client's deadline (the daemon's slot budget) also bounds a request in flight.
         async with asyncio.timeout_at(http.deadline):
@@ -105,11 +107,12 @@ async def poll(source: SourceConfig, slot: datetime, http: VenueClient) -> Polle
         batch = module.normalize(source.name, responses)
     except TimeoutError:
         error = f"{source.name}: no answer before the slot's deadline (after {http.attempts} attempt(s))"
+        fault = Fault.VENUE_TRANSIENT
     except EtlError as err:
-        error = f"{source.name}: {err}"
+        error, fault = f"{source.name}: {err}", classify(err)
     except Exception as err:  # a bug in a venue module must not stop the other sources
         log.exception("source %s: unexpected error", source.name)
-        error = f"{source.name}: internal error {type(err).__name__}: {err}"
+        error, fault = f"{source.name}: internal error {type(err).__name__}: {err}", Fault.BUG
     return Polled(
         source=source,
         slot=slot,
@@ -118,6 +121,7 @@ async def poll(source: SourceConfig, slot: datetime, http: VenueClient) -> Polle
         batch=batch,
         error=scrub(error, source) if error else None,
         attempts=http.attempts,
+        fault=fault,
     )
 
 
@@ -158,6 +162,7 @@ def store(engine: Engine, polled: Polled, *, keep_loaded: bool = False) -> RunRe
         slot=polled.slot,
         status="ok" if polled.batch is not None else "error",
         error=error,
+        fault=polled.fault,
         counts=polled.batch.counts() if polled.batch is not None else {},
         written=written,
         attempts=polled.attempts,
@@ -204,7 +209,7 @@ def _refused(polled: Polled, err: BaseException, fault: Fault) -> Polled:
     name = polled.source.name
     if polled.batch is not None:
         why = refused.describe(err, polled.batch) if fault is Fault.SOURCE_DATA else _internal(err)
-        return replace(polled, batch=None, error=scrub(f"{name}: {why}", polled.source))
+        return replace(polled, batch=None, error=scrub(f"{name}: {why}", polled.source), fault=fault)
     if polled.responses:
         reason = refused.describe(err) if fault is Fault.SOURCE_DATA else _internal(err)
         error = f"{polled.error}; raw bodies not kept: {reason}"

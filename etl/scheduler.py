@@ -8,12 +8,12 @@ inside its own slot and the slot is `floor(now)`. A slot that starts beyond the 
 that is skipped because the previous one still runs, or that coalescing folds away after
 a pause or a sleep, is recorded as `missed` in `ingestion_runs`, never skipped silently.
 
-A slot: claim (source, slot) in `ingestion_runs` (so replicas poll it once), poll the
-venue with a deadline at POLL_SHARE of the interval (retries, Retry-After waits and the
-rate limiter included), load in a worker thread. If the database does not answer, the
-poll goes to the spool (`etl.spool`) and a drain loop loads it, oldest first, as soon as
-the database answers. While the database is down there is no claim: every replica polls
-and spools, and the first load of a slot wins (availability over exactly-once polling).
+`Daemon` puts the parts of `etl.daemon` together: the slot runner (claim, poll with a
+deadline at POLL_SHARE of the interval, load in a worker thread, or spool), the claim
+service, the database health watcher (reconnects), the spool drainer, and the ledger of
+run rows owed. Its background loops run under a supervisor: a crash is logged, counted
+and the loop restarted. While the database is down there is no claim: every replica
+polls and spools; the first load of each slot wins (availability over exactly-once).
 
 Each source has its own `httpx.AsyncClient` (its connection pool; one TLS context for
 all), and each API key one rate limiter at its venue's documented limit (`RATE_LIMIT`).
@@ -33,103 +33,60 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
-import psycopg
 from aiolimiter import AsyncLimiter
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from etl.config import Settings, SourceConfig, data_dir
-from etl.errors import ConfigError, EtlError, StoreError
+from etl.daemon.claims import Claims
+from etl.daemon.drain import Drainer
+from etl.daemon.health import DB_WORKERS, Database
+from etl.daemon.ledger import MAX_MISSED_ROWS, Ledger, iso
+from etl.daemon.loads import Loads
+from etl.daemon.runner import POLL_SHARE, Runner, Timing
+from etl.daemon.supervisor import Supervisor
+from etl.errors import ConfigError
 from etl.metrics import Metrics
-from etl.pipeline import Polled, RunResult, client_for, close_rollups, poll, store
 from etl.slots import floor_to_slot
-from etl.spool import Entry, Spool, SpooledMissed, SpooledPoll, SpoolError, replayed, spooled
-from etl.store import migrate
-from etl.store.engine import ping
-from etl.store.load import claim_slots, record_missed
+from etl.spool import Spool
+from etl.store.load import last_slots
 from etl.store.retention import prune_once
 from etl.venues import venue
 
+__all__ = ["DB_WORKERS", "POLL_SHARE", "Daemon", "Timing", "missed_between", "run_daemon"]
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 MIN_INTERVAL = timedelta(seconds=2)  # the grace is at least 1 s and must stay under the interval
-POLL_SHARE = 0.75  # of the interval, from the slot's start: the poll and its retries end by then
-GRACE_SHARE = 0.25
 SHUTDOWN_GRACE = 10.0  # seconds for slots in flight after SIGTERM (systemd's TimeoutStopSec is 30)
-DB_WORKERS = 4  # threads for database calls; below SQLAlchemy's pool size, so none waits for a connection
-DB_TIMEOUT = 30.0  # seconds for a drain step or a missed-slot record before the database counts as down
-CONNECT_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 5.0  # seconds, after the grace, for cancelled slots and the last run rows owed
 SOURCE_CONNECTIONS = 4  # per source's HTTP pool: its polls send one request at a time
 KEEPALIVE_MARGIN = timedelta(seconds=5)  # an idle connection lives one interval and this
 MAX_KEEPALIVE = timedelta(minutes=5)  # longer than venues keep idle connections open anyway
-MAX_MISSED_ROWS = 10_000  # per gap: a machine asleep for a week at 1 slot/s must not write 600k rows
-ABANDONED = (10, 2)  # a claim 2 to 10 intervals old that never finished: its worker died
-DB_ERRORS = (StoreError, SQLAlchemyError, psycopg.Error, TimeoutError)
 
 
-@dataclass(frozen=True)
-class Timing:
-    """How one interval translates into scheduler and retry settings."""
-
-    interval: timedelta
-    grace: int  # seconds; APScheduler's misfire_grace_time
-    poll_budget: timedelta  # from the slot's start
-    backoff_initial: float  # seconds; a short interval gets short backoffs so retries fit in it
-
-    @classmethod
-    def of(cls, interval: timedelta) -> Timing:
-        seconds = interval.total_seconds()
-        return cls(
-            interval=interval,
-            grace=max(1, int(seconds * GRACE_SHARE)),
-            poll_budget=interval * POLL_SHARE,
-            backoff_initial=min(0.25, seconds / 40),
-        )
-
-
-def missed_between(expected: datetime | None, slot: datetime, interval: timedelta) -> list[datetime]:
-    """The slots from `expected` up to (not including) `slot` that never ran."""
+def missed_between(
+    expected: datetime | None, slot: datetime, interval: timedelta, limit: int = MAX_MISSED_ROWS
+) -> tuple[list[datetime], int]:
+    """The slots from `expected` up to (not including) `slot` that never ran: the last
+    `limit` of them, and how many earlier ones there are (counted, never listed)."""
     if expected is None or slot <= expected:
-        return []
-    return [expected + i * interval for i in range((slot - expected) // interval)]
+        return [], 0
+    gap = (slot - expected) // interval
+    earlier = max(0, gap - limit)
+    return [expected + i * interval for i in range(earlier, gap)], earlier
 
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(getattr(err, "orig", None) or err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def _transient(err: BaseException) -> bool:
-    """The database is unreachable (retry later), rather than refusing this one load."""
-    if isinstance(err, StoreError):
-        return err.transient
-    return isinstance(err, TimeoutError | OperationalError | psycopg.OperationalError)
 
 
 class Daemon:
@@ -150,7 +107,6 @@ class Daemon:
                     f"interval of at least {MIN_INTERVAL.total_seconds():g}s"
                 )
         self.settings = settings
-        self.engine = engine
         self.spool = spool
         self.metrics = metrics or Metrics()
         self.worker = worker or worker_id()
@@ -158,20 +114,20 @@ class Daemon:
         self.sources = {s.name: s for s in settings.sources}
         self.timing = {s.name: Timing.of(settings.interval_of(s)) for s in settings.sources}
         shortest = min((t.interval.total_seconds() for t in self.timing.values()), default=60.0)
-        self.tick = min(5.0, max(0.5, shortest / 2))  # how often the spool is looked at
-        self.db_up = False
-        self._migrated = False
+        tick = min(5.0, max(0.5, shortest / 2))  # how often the spool and the database are looked at
+        self.supervisor = Supervisor(self.metrics.task_restarts)
+        self.database = Database(engine, self.metrics, tick=tick)
+        self.claims = Claims(self.database, self.supervisor, self.worker)
+        self.loads = Loads(self.database, self.supervisor, self.metrics)
+        self.ledger = Ledger(self.database, spool, self.metrics, self.worker, tick=tick)
+        self.drainer = Drainer(
+            spool, self.database, self.loads, self.ledger, self.sources, self.metrics, tick=tick
+        )
+        parts = (self.database, self.claims, self.loads, self.ledger, self.supervisor)
+        self.runner = Runner(settings, self.timing, parts, spool, self.metrics, self.limiter_for)
         self._expected: dict[str, datetime] = {}  # per source: the next slot that should run
         self._limiters: dict[tuple[str, str], AsyncLimiter] = {}
-        self._inflight: set[asyncio.Task[Any]] = set()
-        self._background: set[asyncio.Task[Any]] = set()
-        self._closing: asyncio.Task[None] | None = None  # the rollup close in flight, if any
-        # per (slot, interval): the sources waiting for the claim of that slot, see _claim
-        self._claiming: dict[tuple[datetime, timedelta], dict[str, asyncio.Future[bool | None]]] = {}
-        self._orphans: set[str] = set()
         self._stopping = asyncio.Event()
-        self._http: dict[str, httpx.AsyncClient] = {}  # per source, while running()
-        self._db_pool = ThreadPoolExecutor(DB_WORKERS, thread_name_prefix="etl-db")
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -185,29 +141,30 @@ class Daemon:
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
         async with self.running():
             scheduler = self._schedule()
-            drain = asyncio.create_task(self._drain_loop())
             log.info(
                 "daemon started: worker %s, %d source(s), spool %s (%d waiting), database %s",
                 self.worker,
                 len(self.sources),
                 self.spool.root,
                 self.spool.depth(),
-                "up" if self.db_up else "DOWN",
+                "up" if self.database.up else "DOWN",
                 extra={"event": "started", "worker": self.worker},
             )
             await self._stopping.wait()
             scheduler.pause()
             await asyncio.sleep(0)  # a job submitted just before the pause registers itself
-            await self._finish(drain)
+            await self._finish()
             scheduler.shutdown(wait=False)
             await asyncio.sleep(0)
         log.info("daemon stopped: %d entries in the spool", self.spool.depth(), extra={"event": "stopped"})
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """What slots need, without the schedule: the database checked, the HTTP client open."""
+        """What slots need, without the schedule: the database checked, the HTTP clients
+        open, the supervised loops (reconnects, the spool drain, the ledger) running."""
         self.spool.recover()
-        await self._connect(first=True)
+        if await self.database.connect(first=True):
+            await self._resume()
         # A pool per source, not one for all: httpcore scans every connection of its pool
         # on each request and response (quadratic in the pool's size), which with a shared
         # pool of a few hundred connections cost more CPU than the requests themselves. A
@@ -217,11 +174,33 @@ class Daemon:
             async with contextlib.AsyncExitStack() as stack:
                 for name in self.sources:
                     client = httpx.AsyncClient(limits=self._limits(name), verify=tls)
-                    self._http[name] = await stack.enter_async_context(client)
+                    self.runner.http[name] = await stack.enter_async_context(client)
+                self.supervisor.supervise("database", self.database.watch)
+                self.supervisor.supervise("drain", self.drainer.run)
+                self.supervisor.supervise("ledger", self.ledger.run)
                 yield
         finally:
-            self._http.clear()
-            self._db_pool.shutdown(wait=False, cancel_futures=True)
+            self.runner.http.clear()
+            await self.supervisor.stop(CLOSE_TIMEOUT)
+            await self.ledger.close(CLOSE_TIMEOUT)
+            self.database.close()
+
+    async def _resume(self) -> None:
+        """The slots since each source's last run row (of any replica) are expected: those
+        nobody polled while no daemon ran are recorded as missed at the first slot."""
+        try:
+            last = await self.database.call(partial(self._last_slots))
+        except Exception as err:
+            self.database.failed(err, "the last slots of the sources")
+            return
+        for name, slot in last.items():
+            self._expected.setdefault(
+                name, floor_to_slot(slot, self.timing[name].interval) + self.timing[name].interval
+            )
+
+    def _last_slots(self) -> dict[str, datetime]:
+        with self.database.engine.connect() as conn:
+            return last_slots(conn, list(self.sources))
 
     def _limits(self, source: str) -> httpx.Limits:
         """A source's connections outlive the idle time between its slots (httpx's default
@@ -235,24 +214,28 @@ class Daemon:
     def stop(self) -> None:
         if self._stopping.is_set():
             log.warning("second stop request: cancelling the slots in flight (they go to the spool)")
-            for task in self._inflight:
+            for task in self.runner.inflight:
                 task.cancel()
             return
         log.info("stop requested: no new slots", extra={"event": "stopping"})
         self._stopping.set()
 
-    async def _finish(self, drain: asyncio.Task[None]) -> None:
-        if self._inflight:
-            log.info("waiting up to %gs for %d slot(s) in flight", self.shutdown_grace, len(self._inflight))
-        _, late = await asyncio.wait({drain, *self._inflight, *self._background}, timeout=self.shutdown_grace)
+    async def _finish(self) -> None:
+        inflight = self.runner.inflight
+        if inflight:
+            log.info("waiting up to %gs for %d slot(s) in flight", self.shutdown_grace, len(inflight))
+        pending = {*inflight, *self.supervisor.tasks}  # slots, and the claims and closes they started
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=self.shutdown_grace)
         for task in late:
-            task.cancel()  # a slot cancelled here spools what it has (see _slot)
+            task.cancel()  # a slot cancelled here spools what it has (see Runner._slot)
         if late:
-            await asyncio.wait(late, timeout=5.0)
+            await asyncio.wait(late, timeout=CLOSE_TIMEOUT)
 
     def _schedule(self) -> AsyncIOScheduler:
         scheduler = AsyncIOScheduler(timezone=UTC)
-        now = _now()
+        now = datetime.now(UTC)
         for name, timing in self.timing.items():
             slot = floor_to_slot(now, timing.interval)
             options: dict[str, Any] = {}
@@ -289,9 +272,11 @@ class Daemon:
         assert self.settings.retention is not None
         older_than = self.settings.retention.older_than
         try:
-            summary = await self._db(partial(prune_once, self.engine, older_than), timeout=600.0)
-        except (*DB_ERRORS, EtlError) as err:
-            log.error("retention failed: %s", _first_line(err), extra={"event": "retention_error"})
+            summary = await self.database.call(
+                partial(prune_once, self.database.engine, older_than), timeout=600.0
+            )
+        except Exception as err:
+            self.database.failed(err, "the daily retention prune")
             return
         if summary is not None:
             log.info("retention: %s", summary, extra={"event": "retention"})
@@ -301,158 +286,23 @@ class Daemon:
     async def on_slot(self, name: str) -> None:
         """The job: runs at most `grace` seconds after its slot's start, so floor(now) is the slot."""
         timing = self.timing[name]
-        now = _now()
+        now = datetime.now(UTC)
         slot = floor_to_slot(now, timing.interval)
-        self._advance(
-            name, slot, skipped=False, reason="the daemon did not run (process paused or machine asleep)"
-        )
+        try:
+            reason = "the daemon did not run (stopped, paused or machine asleep)"
+            self._advance(name, slot, skipped=False, reason=reason)
+        except Exception as err:  # a bug of ours: this slot still runs, and the next ones
+            self.supervisor.crashed("schedule", "the slot runs anyway", err)
         deadline = time.monotonic() + (slot + timing.poll_budget - now).total_seconds()
         await self.run_slot(self.sources[name], slot, deadline)
 
     async def run_slot(self, source: SourceConfig, slot: datetime, deadline: float) -> str:
-        """One slot of one source, polled by `deadline` (time.monotonic()).
+        """One slot of one source (see `etl.daemon.runner`): ok, error, spooled, claimed_elsewhere or missed."""
+        return await self.runner.run_slot(source, slot, deadline)
 
-        Returns the outcome: ok, error (the venue's, recorded), spooled or claimed_elsewhere.
-        """
-        task = asyncio.current_task()
-        assert task is not None
-        self._inflight.add(task)
-        try:
-            return await self._slot(source, slot, deadline)
-        finally:
-            self._inflight.discard(task)
-
-    async def _slot(self, source: SourceConfig, slot: datetime, deadline: float) -> str:
-        timing = self.timing[source.name]
-        claimed = await self._claim(source, slot, deadline)
-        if claimed is False:
-            self.metrics.slots.labels(source.name, "claimed_elsewhere").inc()
-            log.debug("%s %s: claimed by another worker", source.name, _iso(slot))
-            return "claimed_elsewhere"
-        http = client_for(
-            source,
-            self._http[source.name],
-            self.settings,
-            limiter=self.limiter_for(source),
-            deadline=deadline,
-            backoff_initial=timing.backoff_initial,
-        )
-        started, t0 = _now(), time.perf_counter()
-        # A CancelledError below only comes from shutdown running out of patience: the slot
-        # keeps what it has in the spool and the job ends normally (nothing above awaits it).
-        try:
-            polled = await poll(source, slot, http)
-        except asyncio.CancelledError:
-            stopped = f"{source.name}: the daemon stopped before the poll finished"
-            self._spool_now(Polled(source, slot, started, tuple(http.received), None, stopped, http.attempts))
-            return "spooled"
-        self.metrics.poll_seconds.labels(source.name).observe(time.perf_counter() - t0)
-        try:
-            return await self._store(polled, claimed=claimed is True, end=slot + timing.interval)
-        except asyncio.CancelledError:
-            self._spool_now(polled)
-            return "spooled"
-
-    async def _claim(self, source: SourceConfig, slot: datetime, deadline: float) -> bool | None:
-        """True: ours to poll; False: another replica's; None: the database is down, poll unclaimed.
-
-        The scheduler fires the jobs of one aligned instant together: the claims made in one
-        turn of the event loop for the same slot go to the database as one statement in one
-        transaction (`_claim_together`), not a transaction per source.
-        """
-        if not self.db_up:
-            return None
-        key = (slot, self.timing[source.name].interval)
-        waiting = self._claiming.get(key)
-        if waiting is None:
-            waiting = self._claiming[key] = {}
-            batch = self._in_background(self._claim_together(key, waiting, deadline))
-            batch.add_done_callback(partial(self._claims_ended, key, waiting))
-        if source.name in waiting:  # already being claimed for this slot, by this process
-            return False
-        future: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
-        waiting[source.name] = future
-        return await future
-
-    async def _claim_together(
-        self,
-        key: tuple[datetime, timedelta],
-        waiting: dict[str, asyncio.Future[bool | None]],
-        deadline: float,
-    ) -> None:
-        await asyncio.sleep(0)  # after the other jobs of this turn have asked
-        del self._claiming[key]  # later claims of this slot make a batch of their own
-        claimed: set[str] | None = None
-        try:  # the claim may use up to half of the poll's budget
-            claimed = await self._db(
-                partial(self._claim_slots, list(waiting), *key),
-                timeout=max(0.5, (deadline - time.monotonic()) / 2),
-            )
-        except DB_ERRORS as err:
-            self._db_failed(err)
-        for name, future in waiting.items():
-            if not future.done():  # a slot cancelled at shutdown no longer waits
-                future.set_result(None if claimed is None else name in claimed)
-
-    def _claims_ended(
-        self, key: tuple[datetime, timedelta], waiting: dict[str, asyncio.Future[bool | None]], _: object
-    ) -> None:
-        """A batch cancelled at shutdown (even before it started) leaves no slot waiting."""
-        if self._claiming.get(key) is waiting:
-            del self._claiming[key]
-        for future in waiting.values():
-            if not future.done():
-                future.set_result(None)
-
-    def _claim_slots(self, sources: list[str], slot: datetime, interval: timedelta) -> set[str]:
-        abandoned = (slot - ABANDONED[0] * interval, slot - ABANDONED[1] * interval)
-        with self.engine.begin() as conn:
-            return claim_slots(conn, sources=sources, slot=slot, worker=self.worker, abandoned=abandoned)
-
-    async def _store(self, polled: Polled, *, claimed: bool, end: datetime) -> str:
-        name, slot = polled.source.name, polled.slot
-        if not self.db_up:
-            return await self._spool_poll(polled, "the database is down")
-        # The load must end before the next slot. One that does not is spooled; should it
-        # commit after all, the spooled copy is later skipped as already loaded.
-        timeout = max(1.0, (end - _now()).total_seconds())
-        t0 = time.perf_counter()
-        try:
-            result = await self._db(
-                partial(store, self.engine, polled, keep_loaded=not claimed), timeout=timeout
-            )
-        except DB_ERRORS as err:
-            self._db_failed(err)
-            self.metrics.errors.labels(name, "database").inc()
-            return await self._spool_poll(polled, f"database: {_first_line(err)}")
-        if result.already_loaded:
-            log.info("%s %s: another worker loaded this slot first; this poll is dropped", name, _iso(slot))
-            self.metrics.slots.labels(name, "claimed_elsewhere").inc()
-            return "claimed_elsewhere"
-        self.metrics.stored(result, (_now() - slot).total_seconds(), time.perf_counter() - t0)
-        self._log_result(result, "")
-        self._close_rollups(result)
-        return result.status
-
-    def _log_result(self, result: RunResult, where: str) -> None:
-        extra = {"source": result.source, "slot": _iso(result.slot), "status": result.status}
-        if result.status == "ok":
-            counts = result.counts
-            log.info(
-                "%s %s: ok%s, %d accounts, %d balances, %d positions, %d attempt(s)",
-                result.source,
-                _iso(result.slot),
-                where,
-                counts.get("accounts", 0),
-                counts.get("balances", 0),
-                counts.get("positions", 0),
-                result.attempts,
-                extra={**extra, **counts, "attempts": result.attempts},
-            )
-        else:
-            log.warning(
-                "%s %s: error%s: %s", result.source, _iso(result.slot), where, result.error, extra=extra
-            )
+    async def drain(self) -> None:
+        """Load what waits in the spool now (the drain loop does this every tick)."""
+        await self.drainer.drain()
 
     def limiter_for(self, source: SourceConfig) -> AsyncLimiter:
         """One limiter per venue and API key: venues document their limits per key."""
@@ -478,203 +328,28 @@ class Daemon:
         """Move the source's expected next slot past `slot`; what was jumped over is missed."""
         interval = self.timing[name].interval
         expected = self._expected.get(name)
-        missed = missed_between(expected, slot, interval)
+        missed, earlier = missed_between(expected, slot, interval)
         if skipped and (expected is None or slot >= expected):
             missed.append(slot)
         if expected is None or slot + interval > expected:
             self._expected[name] = slot + interval
-        if missed:
-            self._in_background(self._record_missed(name, missed, reason))
-
-    def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """A task no slot awaits directly; shutdown waits for it (see _finish)."""
-        task = asyncio.get_running_loop().create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
-
-    async def _record_missed(self, name: str, slots: list[datetime], reason: str) -> None:
+        if not missed:
+            return
         log.warning(
             "%s: %d slot(s) missed, %s to %s: %s",
             name,
-            len(slots),
-            _iso(slots[0]),
-            _iso(slots[-1]),
+            len(missed) + earlier,
+            iso(expected if earlier and expected else missed[0]),
+            iso(missed[-1]),
             reason,
-            extra={"source": name, "event": "missed", "slots": len(slots), "first": _iso(slots[0])},
+            extra={
+                "source": name,
+                "event": "missed",
+                "slots": len(missed) + earlier,
+                "first": iso(missed[0]),
+            },
         )
-        self.metrics.missed.labels(name).inc(len(slots))
-        entry = SpooledMissed(name, tuple(slots[-MAX_MISSED_ROWS:]), reason)
-        if self.db_up:
-            try:
-                await self._db(partial(self._write_missed, entry))
-                return
-            except DB_ERRORS as err:
-                self._db_failed(err)
-        await self._spool(entry)
-
-    def _write_missed(self, entry: SpooledMissed) -> None:
-        with self.engine.begin() as conn:
-            record_missed(conn, source=entry.source, slots=entry.slots, reason=entry.reason)
-
-    # -- database and spool --------------------------------------------------------------
-
-    async def _db(self, call: Callable[[], T], *, timeout: float = DB_TIMEOUT) -> T:
-        """Run a blocking database call in the worker threads. On timeout the thread runs
-        on, but the slot moves on: a late commit is harmless (see _store)."""
-        future = asyncio.get_running_loop().run_in_executor(self._db_pool, call)
-        return await asyncio.wait_for(future, timeout)
-
-    def _db_failed(self, err: BaseException) -> None:
-        if not _transient(err):
-            log.error("database refused: %s", _first_line(err), extra={"event": "database_error"})
-            return
-        if self.db_up:
-            log.warning(
-                "database unreachable (%s): slots go to the spool until it answers",
-                _first_line(err),
-                extra={"event": "database_down"},
-            )
-        self.db_up = False
-        self.metrics.database_up.set(0)
-
-    async def _connect(self, *, first: bool = False) -> bool:
-        """Migrate (once) or ping. At start-up an unreachable database is not fatal: slots
-        are spooled until it answers; any other refusal is (a wrong schema, say)."""
-        call = partial(ping, self.engine) if self._migrated else partial(migrate.upgrade, self.engine)
-        try:
-            await self._db(call, timeout=CONNECT_TIMEOUT)
-        except DB_ERRORS as err:
-            if first and not _transient(err):
-                raise StoreError(f"database: {_first_line(err)}") from None
-            if first:
-                log.warning(
-                    "database unreachable at start-up (%s): polling anyway, slots go to the spool",
-                    _first_line(err),
-                    extra={"event": "database_down"},
-                )
-            return False
-        self._migrated = True
-        if not self.db_up and not first:
-            log.info(
-                "database answers again: loading %d spooled entries",
-                self.spool.depth(),
-                extra={"event": "database_up"},
-            )
-        self.db_up = True
-        self.metrics.database_up.set(1)
-        return True
-
-    async def _spool_poll(self, polled: Polled, why: str) -> str:
-        if await self._spool(spooled(polled)):
-            self.metrics.slots.labels(polled.source.name, "spooled").inc()
-            log.warning(
-                "%s %s: spooled (%s)",
-                polled.source.name,
-                _iso(polled.slot),
-                why,
-                extra={"source": polled.source.name, "slot": _iso(polled.slot), "status": "spooled"},
-            )
-        return "spooled"
-
-    async def _spool(self, entry: Entry) -> bool:
-        try:
-            await asyncio.to_thread(self.spool.put, entry)
-        except OSError as err:
-            self._spool_failed(entry, err)
-            return False
-        self.metrics.spool_depth.inc()
-        return True
-
-    def _spool_now(self, polled: Polled) -> None:
-        """Spool from a cancelled slot, where nothing may be awaited any more."""
-        try:
-            self.spool.put(spooled(polled))
-        except OSError as err:
-            self._spool_failed(spooled(polled), err)
-            return
-        log.warning("%s %s: spooled at shutdown", polled.source.name, _iso(polled.slot))
-
-    def _spool_failed(self, entry: Entry, err: OSError) -> None:
-        log.error("%s: cannot write the spool (%s): this entry is lost", entry.source, err)
-        self.metrics.errors.labels(entry.source, "spool").inc()
-
-    async def _drain_loop(self) -> None:
-        while not self._stopping.is_set():
-            if self.db_up or await self._connect():
-                await self.drain()
-            self.metrics.spool_depth.set(len(await asyncio.to_thread(self.spool.pending)))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.tick)
-
-    async def drain(self) -> None:
-        """Load what waits in the spool, oldest first, until it is empty or the database fails."""
-        for path in await asyncio.to_thread(self.spool.pending):
-            if self._stopping.is_set() or not self.db_up or not await self._drain_one(path):
-                return
-
-    async def _drain_one(self, path: Path) -> bool:
-        """Load one spool entry; False when the database is down again (stop draining)."""
-        try:
-            entry = self.spool.read(path)
-        except FileNotFoundError:
-            return True  # a replica sharing this spool took it
-        except SpoolError as err:
-            log.error("%s; moved to %s", err, self.spool.reject(path))
-            return True
-        source = self.sources.get(entry.source)
-        if source is None:
-            if entry.source not in self._orphans:
-                self._orphans.add(entry.source)
-                log.warning(
-                    "spool: %s is for source %s, which is no longer configured: kept", path.name, entry.source
-                )
-            return True
-        try:
-            if isinstance(entry, SpooledMissed):
-                await self._db(partial(self._write_missed, entry))
-            else:
-                self._drained(await self._db(partial(self._load_spooled, entry, source)))
-        except DB_ERRORS as err:
-            if _transient(err):
-                self._db_failed(err)
-                return False
-            log.error(
-                "spool: %s cannot be loaded (%s); moved to %s",
-                path.name,
-                _first_line(err),
-                self.spool.reject(path),
-            )
-            return True
-        self.spool.remove(path)
-        return True
-
-    def _load_spooled(self, entry: SpooledPoll, source: SourceConfig) -> RunResult:
-        return store(self.engine, replayed(entry, source), keep_loaded=True)
-
-    def _close_rollups(self, result: RunResult) -> None:
-        """The first load of a new hour: its rollup buckets close in the background, so
-        that no source waits on the close (seconds, for an hour of many accounts)."""
-        if result.closes is None:
-            return
-        # Every source's first load of the hour asks; one close at a time answers them all
-        # (a load after it finished asks again if anything is left open).
-        if self._closing is None or self._closing.done():
-            self._closing = self._in_background(asyncio.to_thread(close_rollups, self.engine, result.closes))
-
-    def _drained(self, result: RunResult) -> None:
-        self._close_rollups(result)
-        if result.already_loaded:
-            log.info(
-                "%s %s: spooled copy dropped, the slot was loaded already", result.source, _iso(result.slot)
-            )
-            return
-        self.metrics.slots.labels(result.source, "drained").inc()
-        if result.status == "ok":
-            self.metrics.loaded(result)
-        else:
-            self.metrics.errors.labels(result.source, "venue").inc()
-        self._log_result(result, " (from the spool)")
+        self.ledger.owe(name, missed, "missed", reason, earlier=earlier)
 
 
 def run_daemon(settings: Settings, engine: Engine, *, metrics_port: int | None, metrics_host: str) -> None:

@@ -11,22 +11,31 @@ through the same upsert as a live one (`etl.pipeline.store(..., keep_loaded=True
 skips a slot already loaded: a file drained twice (a crash between the load and the
 removal, or two replicas on one spool) changes nothing the second time. A missed entry
 keeps slots nobody polled, to be recorded as `missed` in `ingestion_runs`.
+
+The text is ASCII (every other character escaped), so any body spools, a lone surrogate
+included. A failed write removes its temp file. The daemon reads the folder in bounded
+steps (`Spool.oldest(n)`) and keeps its depth as a count (`Spool.depth`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import logging
 import os
+import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from etl import exactjson
 from etl.config import SourceConfig
-from etl.errors import EtlError
+from etl.errors import EtlError, Fault
+from etl.faults import classify
 from etl.pipeline import Polled
 from etl.records import Batch, RawResponse
 from etl.slots import parse_slot
@@ -35,6 +44,7 @@ from etl.venues import venue
 log = logging.getLogger(__name__)
 FORMAT = 1
 _SEP = "@"  # not allowed in source names, so a file name splits unambiguously
+RESCAN = 60.0  # seconds: how old the counted depth may get before the folder is counted again
 
 
 class SpoolError(EtlError):
@@ -50,6 +60,7 @@ class SpooledPoll:
     attempts: int
     error: str | None
     responses: tuple[RawResponse, ...]
+    fault: Fault | None = None  # of the error
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,12 @@ def _name(slot: datetime, source: str, kind: str) -> str:
     return f"{slot:%Y%m%dT%H%M%S%fZ}{_SEP}{source}{_SEP}{kind}{_SEP}{uuid.uuid4().hex[:12]}.json"
 
 
+def source_of(name: str) -> str | None:
+    """The source an entry's file name is for (None: not an entry's name)."""
+    parts = name.split(_SEP)
+    return parts[1] if len(parts) == 4 else None
+
+
 def _encode(entry: Entry) -> dict[str, Any]:
     if isinstance(entry, SpooledMissed):
         return {
@@ -88,6 +105,7 @@ def _encode(entry: Entry) -> dict[str, Any]:
         "started_at": _iso(entry.started_at),
         "attempts": entry.attempts,
         "error": entry.error,
+        "fault": entry.fault,
         "responses": [
             {
                 "endpoint": r.endpoint,
@@ -114,6 +132,7 @@ def _decode(data: Any) -> Entry:
         started_at=parse_slot(data["started_at"]),
         attempts=int(data["attempts"]),
         error=data["error"],
+        fault=Fault(data["fault"]) if data.get("fault") else None,  # absent from older files
         responses=tuple(
             RawResponse(
                 endpoint=r["endpoint"],
@@ -135,21 +154,22 @@ def spooled(polled: Polled) -> SpooledPoll:
         attempts=polled.attempts,
         error=polled.error,
         responses=polled.responses,
+        fault=polled.fault,
     )
 
 
 def replayed(entry: SpooledPoll, source: SourceConfig) -> Polled:
     """The poll again, from its responses: normalized now, exactly as when it was polled."""
     batch: Batch | None = None
-    error = entry.error
+    error, fault = entry.error, entry.fault
     if error is None:
         try:
             batch = venue(entry.venue).normalize(source.name, entry.responses)
         except EtlError as err:
-            error = f"{source.name}: {err}"
+            error, fault = f"{source.name}: {err}", classify(err)
         except Exception as err:  # a normalizer bug: recorded for the slot, like a live poll's
             log.exception("source %s: unexpected error re-normalizing a spooled slot", source.name)
-            error = f"{source.name}: internal error {type(err).__name__}: {err}"
+            error, fault = f"{source.name}: internal error {type(err).__name__}: {err}", Fault.BUG
     return Polled(
         source=source,
         slot=entry.slot,
@@ -158,45 +178,99 @@ def replayed(entry: SpooledPoll, source: SourceConfig) -> Polled:
         batch=batch,
         error=error,
         attempts=entry.attempts,
+        fault=fault,
     )
 
 
 class Spool:
+    """The folder of entries. Its depth is counted once and then kept up to date by this
+    object's own writes and removals, recounted at most every RESCAN seconds (another
+    process or a person may add or take files): the daemon never lists the whole folder
+    to learn how deep it is, and takes entries `oldest(n)` at a time."""
+
     def __init__(self, root: Path):
         self.root = root
         self.rejected = root / "rejected"
+        self._depth: int | None = None
+        self._counted_at = 0.0
+        self._unreadable: OSError | None = None
 
     def put(self, entry: Entry) -> Path:
-        """Write durably: temp file, fsync, rename, fsync the folder."""
+        """Write durably: temp file, fsync, rename, fsync the folder. A write that fails
+        (a full or read-only disk) removes its temp file and raises."""
+        text = exactjson.dumps(_encode(entry), ascii=True)  # encodes whatever the strings hold
         self.root.mkdir(parents=True, exist_ok=True)
         first = entry.slots[0] if isinstance(entry, SpooledMissed) else entry.slot
         kind = "missed" if isinstance(entry, SpooledMissed) else "poll"
         path = self.root / _name(first, entry.source, kind)
         temp = self.root / f".tmp-{path.name}"
-        with open(temp, "w", encoding="utf-8") as out:
-            out.write(exactjson.dumps(_encode(entry)))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
+        try:
+            with open(temp, "x", encoding="ascii") as out:
+                self._write(out, text)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            # a partial temp file left behind would keep a full disk full
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+            raise
+        if self._depth is not None:
+            self._depth += 1
         _fsync_dir(self.root)
         return path
 
-    def pending(self) -> list[Path]:
-        """Entries, oldest slot first."""
-        if not self.root.is_dir():
-            return []
-        return sorted(p for p in self.root.glob("*.json") if not p.name.startswith("."))
+    def _write(self, out: TextIO, text: str) -> None:
+        out.write(text)
+
+    def oldest(self, n: int, skip: Callable[[str], bool] | None = None) -> list[Path]:
+        """The entries of the `n` oldest slots (but those whose name `skip` says to), oldest
+        first: one pass over the folder with `n` names in memory, recounting the depth."""
+        counted = 0
+
+        def names() -> Iterator[str]:
+            nonlocal counted
+            for name in self._names():
+                counted += 1
+                if skip is None or not skip(name):
+                    yield name
+
+        first = heapq.nsmallest(n, names())
+        self._recounted(counted)
+        return [self.root / name for name in first]
+
+    def _names(self) -> Iterator[str]:
+        """Entry names, unordered; a directory named `*.json` too (it gets rejected)."""
+        try:
+            with os.scandir(self.root) as found:
+                for item in found:
+                    if item.name.endswith(".json") and not item.name.startswith("."):
+                        yield item.name
+        except FileNotFoundError:
+            return
+        except OSError as err:  # no entry can be seen; said once, not on every tick
+            if self._unreadable is None:
+                log.error("spool %s cannot be read (%s): no entry is drained", self.root, err.strerror or err)
+            self._unreadable = err
+            return
+        self._unreadable = None
 
     def read(self, path: Path) -> Entry:
         """Raises FileNotFoundError if another process took it, SpoolError if it is unreadable."""
-        text = path.read_text(encoding="utf-8")
         try:
-            return _decode(exactjson.loads(text))
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            return _decode(exactjson.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            # ValueError includes bytes that are not UTF-8; OSError a directory named *.json
             raise SpoolError(f"spool file {path}: unreadable ({type(err).__name__}: {err})") from None
 
     def remove(self, path: Path) -> None:
-        path.unlink(missing_ok=True)  # a replica on the same spool may have removed it first
+        try:
+            path.unlink()
+        except FileNotFoundError:  # a replica on the same spool removed it first
+            return
+        self._took_one()
         _fsync_dir(self.root)
 
     def reject(self, path: Path) -> Path:
@@ -204,23 +278,46 @@ class Spool:
         self.rejected.mkdir(parents=True, exist_ok=True)
         target = self.rejected / path.name
         os.replace(path, target)
+        self._took_one()
         _fsync_dir(self.root)
         return target
 
     def recover(self) -> int:
-        """Remove temp files of writes a crash interrupted (never renamed: not entries)."""
-        if not self.root.is_dir():
-            return 0
-        leftovers = list(self.root.glob(".tmp-*"))
-        for temp in leftovers:
-            temp.unlink(missing_ok=True)
-        return len(leftovers)
+        """Remove temp files of writes a crash interrupted (never renamed: not entries).
+        A spool it cannot clean (a read-only disk) is logged in one line, never fatal."""
+        removed, failed = 0, []
+        for temp in self.root.glob(".tmp-*"):
+            try:
+                temp.unlink()
+                removed += 1
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                failed.append(err)
+        if failed:
+            log.warning(
+                "spool %s: %d temp file(s) of interrupted writes left in place (%s)",
+                self.root,
+                len(failed),
+                failed[0].strerror or failed[0],
+            )
+        return removed
 
     def depth(self) -> int:
-        return len(self.pending())
+        if self._depth is None or time.monotonic() - self._counted_at > RESCAN:
+            self._recounted(sum(1 for _ in self._names()))
+        assert self._depth is not None
+        return self._depth
 
     def depth_by_source(self) -> Counter[str]:
-        return Counter(p.name.split(_SEP)[1] for p in self.pending() if p.name.count(_SEP) == 3)
+        return Counter(source for source in map(source_of, self._names()) if source is not None)
+
+    def _recounted(self, depth: int) -> None:
+        self._depth, self._counted_at = depth, time.monotonic()
+
+    def _took_one(self) -> None:
+        if self._depth is not None:
+            self._depth = max(0, self._depth - 1)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from etl import scheduler
 from etl.config import parse_settings
+from etl.daemon import loads
 from etl.errors import ConfigError
 from etl.pipeline import close_rollups
 from etl.scheduler import Daemon, Timing, missed_between
@@ -38,9 +38,9 @@ def test_a_short_interval_gets_a_whole_second_grace_and_short_backoffs():
 
 
 def test_slots_jumped_over_are_the_missed_ones():
-    assert missed_between(None, T0, 2 * S) == []
-    assert missed_between(T0, T0, 2 * S) == []
-    assert missed_between(T0, T0 + 6 * S, 2 * S) == [T0, T0 + 2 * S, T0 + 4 * S]
+    assert missed_between(None, T0, 2 * S) == ([], 0)
+    assert missed_between(T0, T0, 2 * S) == ([], 0)
+    assert missed_between(T0, T0 + 6 * S, 2 * S) == ([T0, T0 + 2 * S, T0 + 4 * S], 0)
 
 
 def test_an_interval_under_two_seconds_is_refused(tmp_path, session_engine):
@@ -204,17 +204,17 @@ def test_sources_firing_together_on_two_workers_are_each_polled_once(engine, tmp
 def test_claims_cut_off_by_shutdown_leave_no_slot_waiting(tmp_path, session_engine):
     settings = settings_for(source_entry("a", "bittap", "http://x.test", "k", "s"), interval="60s")
     daemon = Daemon(settings, session_engine, Spool(tmp_path))
-    daemon.db_up = True
+    daemon.database.up = True
 
     async def go() -> bool | None:
-        claim = asyncio.create_task(daemon._claim(daemon.sources["a"], T0, time.monotonic() + 20))
+        claim = asyncio.create_task(daemon.claims.claim("a", T0, 60 * S, time.monotonic() + 20))
         await asyncio.sleep(0)  # the slot has asked; the batch has not gone out yet
-        for task in daemon._background:
+        for task in daemon.supervisor.tasks:
             task.cancel()  # what shutdown does to background tasks that run late
         return await asyncio.wait_for(claim, 5)
 
     assert asyncio.run(go()) is None  # not claimed: the slot goes on as if the database were down
-    assert daemon._claiming == {}
+    assert daemon.claims.waiting == {}
 
 
 def test_a_claim_left_by_a_dead_worker_is_marked_missed(engine, tmp_path, venue):
@@ -270,7 +270,7 @@ def test_a_poll_cut_short_by_shutdown_is_kept_in_the_spool_and_recorded(engine, 
         return sim.requests[ACCOUNT_INFO] >= 1
 
     run_daemon(daemon, polling)
-    (path,) = Spool(tmp_path).pending()
+    (path,) = Spool(tmp_path).oldest(10)
     entry = Spool(tmp_path).read(path)
     assert isinstance(entry, SpooledPoll)
     assert entry.error == "sched: the daemon stopped before the poll finished"
@@ -281,7 +281,7 @@ def test_a_poll_cut_short_by_shutdown_is_kept_in_the_spool_and_recorded(engine, 
             await later.drain()
 
     asyncio.run(drain())
-    assert Spool(tmp_path).pending() == []
+    assert Spool(tmp_path).oldest(10) == []
     assert rows(engine, "SELECT status, error FROM ingestion_runs") == [("error", entry.error)]
 
 
@@ -301,7 +301,7 @@ def test_missed_slots_spooled_while_the_database_was_down_are_recorded_on_drain(
         (T0 + 2 * S, "missed"),
     ]
     assert count(engine, "balance_snapshots") == 0
-    assert Spool(tmp_path).pending() == []
+    assert Spool(tmp_path).oldest(10) == []
 
 
 def test_the_retention_table_schedules_a_daily_prune(tmp_path, session_engine):
@@ -338,7 +338,7 @@ def test_the_sources_of_a_new_hour_start_one_rollup_close_between_them(engine, t
         time.sleep(0.5)
         close_rollups(engine, until)
 
-    monkeypatch.setattr(scheduler, "close_rollups", slow_close)
+    monkeypatch.setattr(loads, "close_rollups", slow_close)
     hour = floor_to_slot(datetime.now(UTC), 3600 * S)
 
     async def go() -> None:
@@ -348,8 +348,8 @@ def test_the_sources_of_a_new_hour_start_one_rollup_close_between_them(engine, t
                 runs = (daemon.run_slot(daemon.sources[n], slot, deadline) for n in names)
                 outcomes = await asyncio.gather(*runs)
                 assert outcomes == ["ok"] * 3
-                assert daemon._closing is not None
-                await daemon._closing
+                assert daemon.loads.closing is not None
+                await daemon.loads.closing
 
     asyncio.run(go())
     # each slot's three loads found their hour open; one close answered all three

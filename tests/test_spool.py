@@ -64,7 +64,7 @@ def test_entries_sort_oldest_slot_first_and_temp_files_are_not_entries(tmp_path)
     late = spool.put(SpooledMissed("b", (datetime(2026, 1, 2, tzinfo=UTC),), "paused"))
     early = spool.put(SpooledMissed("a", (datetime(2026, 1, 1, tzinfo=UTC),), "paused"))
     (tmp_path / ".tmp-20250101T000000000000Z@a@poll@x.json").write_text('{"trunc')  # a crash mid-write
-    assert spool.pending() == [early, late]
+    assert spool.oldest(10) == [early, late] and spool.oldest(1) == [early]
     assert spool.depth_by_source() == {"a": 1, "b": 1}
     assert spool.recover() == 1
     assert sorted(os.listdir(tmp_path)) == sorted([early.name, late.name])
@@ -77,7 +77,7 @@ def test_an_unreadable_file_is_a_spool_error_and_is_moved_aside_not_deleted(tmp_
     with pytest.raises(SpoolError, match="unreadable"):
         spool.read(bad)
     moved = spool.reject(bad)
-    assert spool.pending() == [] and moved.read_text() == '{"format": 1, "kind": "poll"}'
+    assert spool.oldest(10) == [] and moved.read_text() == '{"format": 1, "kind": "poll"}'
 
 
 def test_a_spooled_slot_loads_exactly_like_a_live_one(engine, tmp_path, sim_and_settings):
@@ -125,3 +125,26 @@ def test_a_spooled_venue_failure_is_recorded_as_the_slots_error(engine, tmp_path
     result = store(engine, replayed(entry, settings.sources[0]), keep_loaded=True)
     assert result.status == "error" and "410001" in (result.error or "")
     assert rows(engine, "SELECT status, error FROM ingestion_runs") == [("error", failed.error)]
+
+
+def test_a_body_no_encoding_can_write_spools_and_reads_back_the_same(tmp_path):
+    """A lone surrogate (from a `\\ud800` escape in the venue's JSON) cannot be UTF-8 encoded."""
+    body = {"code": "0", "data": {"note": "broken \ud800 name", "balance": Decimal("1.25")}}
+    entry = SpooledPoll(
+        "s", "bittap", SLOT, FETCHED, 1, None, (RawResponse(bittap.ACCOUNT_INFO, 200, body, FETCHED),)
+    )
+    spool = Spool(tmp_path)
+    again = spool.read(spool.put(entry))
+    assert again == entry and spool.depth() == 1
+
+
+def test_a_failed_write_leaves_no_temp_file(tmp_path):
+    class FailingFsync(Spool):
+        def _write(self, out, text: str) -> None:
+            out.write(text)
+            raise OSError(28, "No space left on device")
+
+    spool = FailingFsync(tmp_path)
+    with pytest.raises(OSError, match="No space left"):
+        spool.put(SpooledMissed("a", (SLOT,), "paused"))
+    assert os.listdir(tmp_path) == [] and spool.depth() == 0

@@ -478,16 +478,21 @@ def claim_slots(
         return {str(source) for (source,) in cur.fetchall()}
 
 
-def record_missed(conn: Connection, *, source: str, slots: Sequence[datetime], reason: str) -> int:
-    """Rows `missed` for slots nobody polled; a slot that has any row already is left alone."""
+def record_missed(
+    conn: Connection, *, source: str, slots: Sequence[datetime], reason: str, worker: str | None = None
+) -> int:
+    """Rows `missed` for slots nobody polled; a slot that has any row already is left alone,
+    except a claim of `worker` itself (it claimed the slot and then could not keep the poll)."""
     with driver_cursor(conn) as cur:
         cur.execute(
             """
-            INSERT INTO ingestion_runs (source, snapshot_ts, started_at, finished_at, status, error)
-            SELECT %s, s, now(), now(), 'missed', %s FROM unnest(%s::timestamptz[]) AS u(s)
-            ON CONFLICT (source, snapshot_ts) DO NOTHING
+            INSERT INTO ingestion_runs AS r (source, snapshot_ts, started_at, finished_at, status, error)
+            SELECT %(source)s, s, now(), now(), 'missed', %(reason)s FROM unnest(%(slots)s::timestamptz[]) AS u(s)
+            ON CONFLICT (source, snapshot_ts) DO UPDATE SET status = 'missed', finished_at = now(),
+                error = EXCLUDED.error, worker = NULL
+            WHERE r.status = 'running' AND r.worker = %(worker)s
             """,
-            (source, reason, list(slots)),
+            {"source": source, "reason": reason, "slots": list(slots), "worker": worker},
         )
         return cur.rowcount
 
@@ -505,3 +510,16 @@ def lock_slot(conn: Connection, source: str, slot: datetime) -> str | None:
         )
         row = cur.fetchone()
     return str(row[0]) if row else None
+
+
+def last_slots(conn: Connection, sources: Sequence[str]) -> dict[str, datetime]:
+    """Per source, the latest slot that has a run row (sources without one are absent)."""
+    with driver_cursor(conn) as cur:
+        cur.execute(
+            """
+            SELECT s, (SELECT max(snapshot_ts) FROM ingestion_runs WHERE source = s)
+            FROM unnest(%s::text[]) AS u(s)
+            """,
+            (list(sources),),
+        )
+        return {str(source): last for source, last in cur.fetchall() if last is not None}
