@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import httpx
 import typer
@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from etl import logs
-from etl.config import Settings, load_settings, parse_duration
+from etl.config import Settings, check_for_daemon, load_settings, parse_duration
 from etl.errors import ConfigError, EtlError
 from etl.pipeline import RunResult, client_for, poll, run_sources
 from etl.slots import floor_to_slot, parse_slot
@@ -79,15 +79,19 @@ def one_line_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _engine(settings: Settings, migrate_first: bool = True) -> Engine:
-    """The command's database engine, migrated to head first unless told not to."""
+def _engine(settings: Settings, schema: Literal["upgrade", "require", "any"] = "require") -> Engine:
+    """The command's database engine. `run` and `demo` migrate it to head (contract);
+    the commands that read or tidy the store never change the schema and refuse a
+    database at another revision ("run `etl db upgrade`"); `db` and `status` take any."""
     from etl.store import migrate
     from etl.store.engine import engine_for
 
     engine = engine_for(settings)
     _engines.append(engine)
-    if migrate_first:
+    if schema == "upgrade":
         migrate.upgrade(engine)
+    elif schema == "require":
+        migrate.require_head(engine)
     return engine
 
 
@@ -150,7 +154,7 @@ def run(
         fixed = parse_slot(slot) if slot else None
     except ValueError as e:
         raise ConfigError(f"--slot: {e}") from None
-    engine = _engine(settings)
+    engine = _engine(settings, schema="upgrade")
     slot_of = {s.name: floor_to_slot(fixed or _now(), settings.interval_of(s)) for s in sources}
 
     async def go() -> list[RunResult]:
@@ -175,6 +179,7 @@ def check(config: ConfigOption = None) -> None:
     """Validate the config and try each source once, without writing anything."""
     logs.setup()
     settings = load_settings(config)
+    check_for_daemon(settings)
     out.print(f"config {settings.path or '(none)'}: ok, {len(settings.sources)} source(s)")
 
     async def go() -> list[tuple[str, str | None, dict[str, int]]]:
@@ -222,7 +227,7 @@ def demo(
     servers, settings = start_simulators(None)
     try:
         out.print(f"simulators up; {len(settings.sources)} demo sources")
-        engine = _engine(settings)
+        engine = _engine(settings, schema="upgrade")
         from etl.store.engine import describe
 
         out.print(f"database: {describe(engine)}", highlight=False, soft_wrap=True)
@@ -262,11 +267,11 @@ def status(config: ConfigOption = None) -> None:
     from etl.spool import Spool
     from etl.status import read_status, spool_only
 
-    settings = load_settings(config)
+    settings = load_settings(config, secrets=False)
     spool = Spool(data_dir() / "spool")
     problem = None
     try:
-        rows = read_status(_engine(settings, migrate_first=False), settings, spool)
+        rows = read_status(_engine(settings), settings, spool)
     except (EtlError, DBAPIError) as e:  # the spool is worth showing precisely when the database is down
         rows, problem = spool_only(settings, spool), str(getattr(e, "orig", None) or e).strip().splitlines()[0]
     table = Table()
@@ -299,7 +304,7 @@ def db_upgrade(
     """Migrate the database up to REVISION (default: head)."""
     from etl.store import migrate
 
-    engine = _engine(load_settings(config), migrate_first=False)
+    engine = _engine(load_settings(config, secrets=False), schema="any")
     migrate.upgrade(engine, revision)
     out.print(f"database at {migrate.current(engine)}")
 
@@ -313,7 +318,7 @@ def db_downgrade(
     """Migrate the database down to REVISION."""
     from etl.store import migrate
 
-    engine = _engine(load_settings(config), migrate_first=False)
+    engine = _engine(load_settings(config, secrets=False), schema="any")
     migrate.downgrade(engine, revision)
     out.print(f"database at {migrate.current(engine)}")
 
@@ -324,7 +329,7 @@ def db_current(config: ConfigOption = None) -> None:
     """Print the database's current revision."""
     from etl.store import migrate
 
-    out.print(migrate.current(_engine(load_settings(config), migrate_first=False)))
+    out.print(migrate.current(_engine(load_settings(config, secrets=False), schema="any")))
 
 
 report_app = typer.Typer(
@@ -377,7 +382,7 @@ def report_balances(
     from etl import report
 
     moment, fmt = _time_option("--at", at), _format_option(fmt)
-    _emit(report.render_balances(report.balances(_engine(load_settings(config)), moment, account), fmt))
+    _emit(report.render_balances(report.balances(_engine(load_settings(config, secrets=False)), moment, account), fmt))
 
 
 @report_app.command("equity")
@@ -403,7 +408,7 @@ def report_equity(
         step = report.parse_freq(freq)
     except ValueError as e:
         raise ConfigError(f"--freq: {e}") from None
-    inputs = report.load_equity(_engine(load_settings(config)), start, end, step, account)
+    inputs = report.load_equity(_engine(load_settings(config, secrets=False)), start, end, step, account)
     analysis = report.analyze(inputs)
     _emit(report.render_equity(analysis, fmt))
     if plot:
@@ -428,7 +433,7 @@ def replay(
     from etl.replay import replay as replay_slots
 
     logs.setup()
-    settings = load_settings(config)
+    settings = load_settings(config, secrets=False)
     start = _time_option("--since", since)
     report = replay_slots(_engine(settings), settings, since=start, sources=source)
     for slot in report.failed[:10]:
@@ -449,7 +454,7 @@ def prune(
 
     from etl.store.retention import prune as prune_months
 
-    settings = load_settings(config)
+    settings = load_settings(config, secrets=False)
     try:
         horizon = parse_duration(older_than) if older_than else None
     except ValueError as e:
@@ -484,7 +489,7 @@ def rollup(
     if not rebuild:
         raise ConfigError("etl rollup needs --rebuild (the loader keeps the rollups current by itself)")
     start, end = _time_option("--since", since), _time_option("--until", until)
-    done = rebuild_rollups(_engine(load_settings(config)), start, end)
+    done = rebuild_rollups(_engine(load_settings(config, secrets=False)), start, end)
     for table in sorted({d.table for d in done}):
         mine = [d for d in done if d.table == table]
         out.print(

@@ -51,7 +51,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from etl.config import Settings, SourceConfig, data_dir
+from etl.config import Settings, SourceConfig, check_for_daemon, data_dir
 from etl.errors import ConfigError, EtlError, StoreError
 from etl.metrics import Metrics
 from etl.pipeline import Polled, RunResult, client_for, close_rollups, poll, store
@@ -66,7 +66,6 @@ from etl.venues import venue
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-MIN_INTERVAL = timedelta(seconds=2)  # the grace is at least 1 s and must stay under the interval
 POLL_SHARE = 0.75  # of the interval, from the slot's start: the poll and its retries end by then
 GRACE_SHARE = 0.25
 SHUTDOWN_GRACE = 10.0  # seconds for slots in flight after SIGTERM (systemd's TimeoutStopSec is 30)
@@ -143,12 +142,7 @@ class Daemon:
         worker: str | None = None,
         shutdown_grace: float = SHUTDOWN_GRACE,
     ):
-        for i, source in enumerate(settings.sources):
-            if settings.interval_of(source) < MIN_INTERVAL:
-                raise ConfigError(
-                    f"{settings.path or 'config'}: sources[{i}] ({source.name}): the daemon needs an "
-                    f"interval of at least {MIN_INTERVAL.total_seconds():g}s"
-                )
+        check_for_daemon(settings)
         self.settings = settings
         self.engine = engine
         self.spool = spool

@@ -61,7 +61,13 @@ def embedded_url(root: Path | None = None) -> str:
     with _lock:
         server = _servers.get(pgdata)
         if server is None:
-            pgdata.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                pgdata.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:  # ETL_DATA_DIR under a file, or not ours to write
+                raise ConfigError(
+                    f"data dir {pgdata.parent}: cannot create it ({err.strerror}); set ETL_DATA_DIR "
+                    "to a folder you can write, or configure a database"
+                ) from None
             log.info("starting embedded PostgreSQL in %s", pgdata)
             try:
                 server = pgserver.get_server(pgdata, cleanup_mode="stop")
