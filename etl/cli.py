@@ -215,23 +215,70 @@ def demo(
     cycles: Annotated[int, typer.Option(min=1, help="Polling cycles to run.")] = 5,
     interval: Annotated[str, typer.Option(help="Slot interval between cycles, e.g. 2s.")] = "2s",
     plot: Annotated[Path, typer.Option(help="Where to write the equity chart.")] = Path("equity.png"),
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="Put the demo data here (default: its own database etl_demo, embedded).",
+                     show_default=False),
+    ] = None,
+    drop: Annotated[bool, typer.Option("--drop", help="Remove the embedded demo database, and exit.")] = False,
 ) -> None:
     """Zero set-up showcase: simulators + embedded PostgreSQL + N cycles, then equity table and chart."""
-    from etl.demo import run_demo, start_simulators
+    from etl.demo import DEMO_DATABASE, run_demo, start_simulators
+    from etl.store.engine import describe, drop_embedded, embedded_url
 
     logs.setup()
+    if drop:
+        out.print(f"dropped database {DEMO_DATABASE}" if drop_embedded(DEMO_DATABASE)
+                  else f"no database {DEMO_DATABASE}: nothing to drop")
+        return
     try:
         step = parse_duration(interval)
     except ValueError as e:
         raise ConfigError(f"--interval: {e}") from None
-    servers, settings = start_simulators(None)
+    servers, settings = start_simulators(database_url or embedded_url(database=DEMO_DATABASE))
     try:
         out.print(f"simulators up; {len(settings.sources)} demo sources")
         engine = _engine(settings, schema="upgrade")
-        from etl.store.engine import describe
-
         out.print(f"database: {describe(engine)}", highlight=False, soft_wrap=True)
         run_demo(settings, engine, cycles=cycles, interval=step, plot=plot, console=out)
+    finally:
+        for server in servers:
+            server.stop()
+    if not database_url:
+        url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        out.print(f"the demo has its own database: report on it with ETL_DATABASE_URL='{url}' etl report "
+                  "equity; remove it with `etl demo --drop`", highlight=False, soft_wrap=True, markup=False)
+
+
+@app.command()
+@one_line_errors
+def sim(
+    interval: Annotated[str, typer.Option(help="The interval written into the printed config.")] = "10s",
+    port: Annotated[
+        int, typer.Option(help="First port (the four simulators take it and the next three; 0: free ports).")
+    ] = 0,
+) -> None:
+    """Run the venue simulators on loopback until Ctrl-C; print a config for them and its secrets' env lines."""
+    import time
+
+    from etl.config import parse_settings
+    from etl.demo import config_text, env_lines, serve_simulators
+
+    try:
+        parse_settings({"schedule": {"interval": interval}})
+    except ConfigError as e:  # "config: schedule.interval: <problem>"
+        raise ConfigError(f"--interval: {str(e).split(': ', 2)[-1]}") from None
+    servers, sources = serve_simulators(port)
+    try:
+        sys.stdout.write("\n".join(["# the secrets the config refers to:", *env_lines(sources), ""]) + "\n")
+        sys.stdout.write(config_text(sources, interval) + "# end of config\n")
+        sys.stdout.flush()
+        err.print("simulators up on loopback: save the config, export the lines above, try "
+                  "`etl run --once --config F`; Ctrl-C stops them", highlight=False, soft_wrap=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
     finally:
         for server in servers:
             server.stop()
