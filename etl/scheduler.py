@@ -151,6 +151,8 @@ class Daemon:
         self.shutdown_grace = shutdown_grace
         self.sources = {s.name: s for s in settings.sources}
         self.timing = {s.name: Timing.of(settings.interval_of(s)) for s in settings.sources}
+        for name, timing in self.timing.items():
+            self.metrics.interval.labels(name).set(timing.interval.total_seconds())
         shortest = min((t.interval.total_seconds() for t in self.timing.values()), default=60.0)
         self.tick = min(5.0, max(0.5, shortest / 2))  # how often the spool is looked at
         self.db_up = False
