@@ -27,7 +27,7 @@ from etl.store.engine import embedded_url, make_engine, sqlalchemy_url
 
 # The embedded server of the benchmarks: its own data dir, so a bench never shares a server
 # with the test suite (or the user's data) and its figures are not mixed with theirs.
-BENCH_PGDATA_ROOT = Path(tempfile.gettempdir()) / "etl-bench-pg"
+BENCH_PGDATA_ROOT = Path(tempfile.gettempdir()) / f"etl-bench-pg-{os.getuid()}"  # per user, as the tests
 
 
 @contextmanager

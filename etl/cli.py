@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import httpx
 import typer
@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from etl import logs
-from etl.config import Settings, load_settings, parse_duration
+from etl.config import Settings, check_for_daemon, load_settings, parse_duration
 from etl.errors import ConfigError, EtlError
 from etl.pipeline import RunResult, client_for, poll, run_sources
 from etl.slots import floor_to_slot, parse_slot
@@ -79,15 +79,19 @@ def one_line_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _engine(settings: Settings, migrate_first: bool = True) -> Engine:
-    """The command's database engine, migrated to head first unless told not to."""
+def _engine(settings: Settings, schema: Literal["upgrade", "require", "any"] = "require") -> Engine:
+    """The command's database engine. `run` and `demo` migrate it to head (contract);
+    the commands that read or tidy the store never change the schema and refuse a
+    database at another revision ("run `etl db upgrade`"); `db` and `status` take any."""
     from etl.store import migrate
     from etl.store.engine import engine_for
 
     engine = engine_for(settings)
     _engines.append(engine)
-    if migrate_first:
+    if schema == "upgrade":
         migrate.upgrade(engine)
+    elif schema == "require":
+        migrate.require_head(engine)
     return engine
 
 
@@ -150,7 +154,7 @@ def run(
         fixed = parse_slot(slot) if slot else None
     except ValueError as e:
         raise ConfigError(f"--slot: {e}") from None
-    engine = _engine(settings)
+    engine = _engine(settings, schema="upgrade")
     slot_of = {s.name: floor_to_slot(fixed or _now(), settings.interval_of(s)) for s in sources}
 
     async def go() -> list[RunResult]:
@@ -175,6 +179,7 @@ def check(config: ConfigOption = None) -> None:
     """Validate the config and try each source once, without writing anything."""
     logs.setup()
     settings = load_settings(config)
+    check_for_daemon(settings)
     out.print(f"config {settings.path or '(none)'}: ok, {len(settings.sources)} source(s)")
 
     async def go() -> list[tuple[str, str | None, dict[str, int]]]:
@@ -210,23 +215,70 @@ def demo(
     cycles: Annotated[int, typer.Option(min=1, help="Polling cycles to run.")] = 5,
     interval: Annotated[str, typer.Option(help="Slot interval between cycles, e.g. 2s.")] = "2s",
     plot: Annotated[Path, typer.Option(help="Where to write the equity chart.")] = Path("equity.png"),
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="Put the demo data here (default: its own database etl_demo, embedded).",
+                     show_default=False),
+    ] = None,
+    drop: Annotated[bool, typer.Option("--drop", help="Remove the embedded demo database, and exit.")] = False,
 ) -> None:
     """Zero set-up showcase: simulators + embedded PostgreSQL + N cycles, then equity table and chart."""
-    from etl.demo import run_demo, start_simulators
+    from etl.demo import DEMO_DATABASE, run_demo, start_simulators
+    from etl.store.engine import describe, drop_embedded, embedded_url
 
     logs.setup()
+    if drop:
+        out.print(f"dropped database {DEMO_DATABASE}" if drop_embedded(DEMO_DATABASE)
+                  else f"no database {DEMO_DATABASE}: nothing to drop")
+        return
     try:
         step = parse_duration(interval)
     except ValueError as e:
         raise ConfigError(f"--interval: {e}") from None
-    servers, settings = start_simulators(None)
+    servers, settings = start_simulators(database_url or embedded_url(database=DEMO_DATABASE))
     try:
         out.print(f"simulators up; {len(settings.sources)} demo sources")
-        engine = _engine(settings)
-        from etl.store.engine import describe
-
+        engine = _engine(settings, schema="upgrade")
         out.print(f"database: {describe(engine)}", highlight=False, soft_wrap=True)
         run_demo(settings, engine, cycles=cycles, interval=step, plot=plot, console=out)
+    finally:
+        for server in servers:
+            server.stop()
+    if not database_url:
+        url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        out.print(f"the demo has its own database: report on it with ETL_DATABASE_URL='{url}' etl report "
+                  "equity; remove it with `etl demo --drop`", highlight=False, soft_wrap=True, markup=False)
+
+
+@app.command()
+@one_line_errors
+def sim(
+    interval: Annotated[str, typer.Option(help="The interval written into the printed config.")] = "10s",
+    port: Annotated[
+        int, typer.Option(help="First port (the four simulators take it and the next three; 0: free ports).")
+    ] = 0,
+) -> None:
+    """Run the venue simulators on loopback until Ctrl-C; print a config for them and its secrets' env lines."""
+    import time
+
+    from etl.config import parse_settings
+    from etl.demo import config_text, env_lines, serve_simulators
+
+    try:
+        parse_settings({"schedule": {"interval": interval}})
+    except ConfigError as e:  # "config: schedule.interval: <problem>"
+        raise ConfigError(f"--interval: {str(e).split(': ', 2)[-1]}") from None
+    servers, sources = serve_simulators(port)
+    try:
+        sys.stdout.write("\n".join(["# the secrets the config refers to:", *env_lines(sources), ""]) + "\n")
+        sys.stdout.write(config_text(sources, interval) + "# end of config\n")
+        sys.stdout.flush()
+        err.print("simulators up on loopback: save the config, export the lines above, try "
+                  "`etl run --once --config F`; Ctrl-C stops them", highlight=False, soft_wrap=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
     finally:
         for server in servers:
             server.stop()
@@ -262,11 +314,11 @@ def status(config: ConfigOption = None) -> None:
     from etl.spool import Spool
     from etl.status import read_status, spool_only
 
-    settings = load_settings(config)
+    settings = load_settings(config, secrets=False)
     spool = Spool(data_dir() / "spool")
     problem = None
     try:
-        rows = read_status(_engine(settings, migrate_first=False), settings, spool)
+        rows = read_status(_engine(settings), settings, spool)
     except (EtlError, DBAPIError) as e:  # the spool is worth showing precisely when the database is down
         rows, problem = spool_only(settings, spool), str(getattr(e, "orig", None) or e).strip().splitlines()[0]
     table = Table()
@@ -299,7 +351,7 @@ def db_upgrade(
     """Migrate the database up to REVISION (default: head)."""
     from etl.store import migrate
 
-    engine = _engine(load_settings(config), migrate_first=False)
+    engine = _engine(load_settings(config, secrets=False), schema="any")
     migrate.upgrade(engine, revision)
     out.print(f"database at {migrate.current(engine)}")
 
@@ -313,7 +365,7 @@ def db_downgrade(
     """Migrate the database down to REVISION."""
     from etl.store import migrate
 
-    engine = _engine(load_settings(config), migrate_first=False)
+    engine = _engine(load_settings(config, secrets=False), schema="any")
     migrate.downgrade(engine, revision)
     out.print(f"database at {migrate.current(engine)}")
 
@@ -324,7 +376,7 @@ def db_current(config: ConfigOption = None) -> None:
     """Print the database's current revision."""
     from etl.store import migrate
 
-    out.print(migrate.current(_engine(load_settings(config), migrate_first=False)))
+    out.print(migrate.current(_engine(load_settings(config, secrets=False), schema="any")))
 
 
 report_app = typer.Typer(
@@ -377,7 +429,7 @@ def report_balances(
     from etl import report
 
     moment, fmt = _time_option("--at", at), _format_option(fmt)
-    _emit(report.render_balances(report.balances(_engine(load_settings(config)), moment, account), fmt))
+    _emit(report.render_balances(report.balances(_engine(load_settings(config, secrets=False)), moment, account), fmt))
 
 
 @report_app.command("equity")
@@ -403,7 +455,7 @@ def report_equity(
         step = report.parse_freq(freq)
     except ValueError as e:
         raise ConfigError(f"--freq: {e}") from None
-    inputs = report.load_equity(_engine(load_settings(config)), start, end, step, account)
+    inputs = report.load_equity(_engine(load_settings(config, secrets=False)), start, end, step, account)
     analysis = report.analyze(inputs)
     _emit(report.render_equity(analysis, fmt))
     if plot:
@@ -428,7 +480,7 @@ def replay(
     from etl.replay import replay as replay_slots
 
     logs.setup()
-    settings = load_settings(config)
+    settings = load_settings(config, secrets=False)
     start = _time_option("--since", since)
     report = replay_slots(_engine(settings), settings, since=start, sources=source)
     for slot in report.failed[:10]:
@@ -449,7 +501,7 @@ def prune(
 
     from etl.store.retention import prune as prune_months
 
-    settings = load_settings(config)
+    settings = load_settings(config, secrets=False)
     try:
         horizon = parse_duration(older_than) if older_than else None
     except ValueError as e:
@@ -484,7 +536,7 @@ def rollup(
     if not rebuild:
         raise ConfigError("etl rollup needs --rebuild (the loader keeps the rollups current by itself)")
     start, end = _time_option("--since", since), _time_option("--until", until)
-    done = rebuild_rollups(_engine(load_settings(config)), start, end)
+    done = rebuild_rollups(_engine(load_settings(config, secrets=False)), start, end)
     for table in sorted({d.table for d in done}):
         mine = [d for d in done if d.table == table]
         out.print(
@@ -520,33 +572,24 @@ def serve(
 
     from etl.config import data_dir
     from etl.spool import Spool
+    from etl.store import migrate
     from etl.store.engine import database_url, make_engine
     from etl.web.app import Dashboard, create_app
 
     if host not in LOOPBACK and not host.startswith("127.") and not token:
         raise ConfigError(f"--host {host}: off loopback the dashboard needs --token or ETL_SERVE_TOKEN")
-    settings = load_settings(config)
+    settings = load_settings(config, secrets=False)
     # Read-only transactions: whatever a route runs, the dashboard cannot write.
     engine = make_engine(
         database_url(settings),
         connect_args={"connect_timeout": 5, "options": "-c default_transaction_read_only=on"},
     )
     _engines.append(engine)
-    _require_schema(engine)
+    migrate.require_head(engine)
     dashboard = Dashboard(engine, settings, Spool(data_dir() / "spool"))
     shown = f"[{host}]" if ":" in host else host
     out.print(f"dashboard on http://{shown}:{port}/ (read-only; Ctrl-C stops it)", markup=False, highlight=False)
     uvicorn.run(create_app(dashboard, token=token), host=host, port=port, log_level="warning", access_log=False)
-
-
-def _require_schema(engine: Engine) -> None:
-    """Reading never migrates: a database behind the code gets a one-line hint."""
-    from alembic.script import ScriptDirectory
-
-    from etl.store import migrate
-
-    if migrate.current(engine) != ScriptDirectory.from_config(migrate.alembic_config()).get_current_head():
-        raise ConfigError("the database schema is not at this version's head: run `etl db upgrade`")
 
 
 def main() -> None:

@@ -3,6 +3,9 @@
 Every problem is reported as one line naming the file and the key path
 (`config/etl.toml: sources[1].api_secret: environment variable X is not set`).
 Secrets are `Secret` objects: their repr, str and any error never show the value.
+Only the commands that talk to venues resolve them (`load_settings(secrets=True)`);
+the others check the references' form and never read the environment or the files,
+so reading the store needs no trading key.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -32,6 +36,15 @@ from etl.venues import VENUES
 DEFAULT_CONFIG = Path("config/etl.toml")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+# Bounds, named here once. Any duration: ten years at most (a retention horizon, an age
+# in `--since`); past that it is a typo, and timedelta overflows soon after. A slot
+# interval: a day at most, since slots are aligned to it from 1970-01-01 UTC (a
+# 100-year interval would label today's poll 1970-01-01 and the next prune drop it),
+# and 2 s at least, the daemon's scheduling grace (1 s) staying under the interval.
+MAX_DURATION = timedelta(days=3650)
+MAX_INTERVAL = timedelta(days=1)
+MIN_INTERVAL = timedelta(seconds=2)
+MAX_TIMEOUT = timedelta(minutes=10)
 
 
 def parse_duration(text: Any) -> timedelta:
@@ -47,10 +60,32 @@ def parse_duration(text: Any) -> timedelta:
         raise ValueError(f"bad duration {text!r}") from None
     if seconds <= 0:
         raise ValueError(f"a duration must be positive, got {text!r}")
+    if seconds > Decimal(MAX_DURATION.total_seconds()):
+        raise ValueError(f"a duration must be at most {MAX_DURATION.days}d, got {text!r}")
     return timedelta(seconds=float(seconds))
 
 
+def _at_most(limit: timedelta, what: str) -> Any:
+    def check(value: timedelta | None) -> timedelta | None:
+        if value is not None and value > limit:
+            raise ValueError(f"{what} must be at most {_short(limit)}, got {_short(value)}")
+        return value
+
+    return check
+
+
+def _short(delta: timedelta) -> str:
+    seconds = delta.total_seconds()
+    for unit in ("d", "h", "m", "s"):
+        if seconds >= _UNITS[unit] and seconds % _UNITS[unit] == 0:
+            return f"{seconds / _UNITS[unit]:g}{unit}"
+    return f"{seconds:g}s"
+
+
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+# slots are aligned to the interval from the epoch: see MAX_INTERVAL
+Interval = Annotated[Duration, AfterValidator(_at_most(MAX_INTERVAL, "an interval"))]
+Timeout = Annotated[Duration, AfterValidator(_at_most(MAX_TIMEOUT, "a timeout"))]
 
 
 class Secret:
@@ -58,11 +93,17 @@ class Secret:
 
     __slots__ = ("_value", "origin")
 
-    def __init__(self, value: str, origin: str):
-        self._value = value
+    def __init__(self, value: str | None, origin: str):
+        self._value = value  # None: a reference checked but not resolved (load_settings(secrets=False))
         self.origin = origin  # "env:NAME" or "file:PATH": safe to show
 
+    @property
+    def resolved(self) -> bool:
+        return self._value is not None
+
     def reveal(self) -> str:
+        if self._value is None:
+            raise ConfigError(f"secret {self.origin} was not resolved: this command does not talk to venues")
         return self._value
 
     def __repr__(self) -> str:
@@ -71,7 +112,7 @@ class Secret:
     __str__ = __repr__
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
+        return isinstance(other, Secret) and (other._value, other.origin) == (self._value, self.origin)
 
     def __hash__(self) -> int:
         return hash(self.origin)
@@ -80,15 +121,21 @@ class Secret:
         raise TypeError("a Secret is not to be pickled")
 
 
-def resolve_secret(reference: Any, base_dir: Path) -> Secret:
+def resolve_secret(reference: Any, base_dir: Path, *, resolve: bool = True) -> Secret:
+    """`env:NAME` or `file:PATH` -> Secret. Surrounding whitespace is not part of a secret:
+    a mounted secret or an env file often ends in a newline, which would otherwise go
+    into a header (and from there into an httpx error, a log line, the database).
+    With resolve=False only the reference's form is checked."""
     if isinstance(reference, Secret):
         return reference
     if not isinstance(reference, str):
         raise ValueError("expected a reference 'env:NAME' or 'file:PATH'")
     kind, _, target = reference.partition(":")
+    if kind in ("env", "file") and target and not resolve:
+        return Secret(None, reference)
     if kind == "env" and target:
-        value = os.environ.get(target)
-        if value is None or value == "":
+        value = os.environ.get(target, "").strip()
+        if not value:
             raise ValueError(f"environment variable {target} is not set")
         return Secret(value, reference)
     if kind == "file" and target:
@@ -112,10 +159,20 @@ class _Model(BaseModel):
 class DatabaseConfig(_Model):
     url: str | None = None
 
+    def __repr_args__(self) -> Any:
+        # repr(Settings) ends up in logs and tracebacks: never with the password
+        yield "url", redact_url(self.url) if self.url else self.url
+
+
+def redact_url(url: str) -> str:
+    """A database URL with its password (userinfo or `password=` parameter) replaced by ***."""
+    url = re.sub(r"(://[^:/@?#]*:)[^@/?#]*@", r"\1***@", url)
+    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
+
 
 class ScheduleConfig(_Model):
-    interval: Duration = timedelta(seconds=60)
-    timeout: Duration = timedelta(seconds=10)
+    interval: Interval = timedelta(seconds=60)
+    timeout: Timeout = timedelta(seconds=10)
 
 
 class RetentionConfig(_Model):
@@ -130,7 +187,7 @@ class SourceConfig(_Model):
     api_key: Secret
     api_secret: Secret | None = None
     base_url: str | None = None
-    interval: Duration | None = None
+    interval: Interval | None = None
     params: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("venue")
@@ -145,8 +202,8 @@ class SourceConfig(_Model):
     def _resolve(cls, value: Any, info: ValidationInfo) -> Secret | None:
         if value is None:
             return None
-        base = (info.context or {}).get("base_dir", Path.cwd())
-        return resolve_secret(value, base)
+        context = info.context or {}
+        return resolve_secret(value, context.get("base_dir", Path.cwd()), resolve=context.get("secrets", True))
 
     @field_validator("params", mode="before")
     @classmethod
@@ -201,6 +258,17 @@ class Settings(_Model):
         return [known[n] for n in names]
 
 
+def check_for_daemon(settings: Settings) -> None:
+    """What the daemon requires beyond a valid config; `etl check` asks exactly this too,
+    so it never says ok to a config the daemon then refuses."""
+    for i, source in enumerate(settings.sources):
+        if settings.interval_of(source) < MIN_INTERVAL:
+            raise ConfigError(
+                f"{settings.path or 'config'}: sources[{i}] ({source.name}): the daemon needs an "
+                f"interval of at least {MIN_INTERVAL.total_seconds():g}s"
+            )
+
+
 def _path_of(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
@@ -221,11 +289,13 @@ def _one_line(err: ValidationError, where: str) -> str:
     return f"{where}: " + "; ".join(problems)
 
 
-def parse_settings(data: dict[str, Any], *, path: Path | None = None) -> Settings:
+def parse_settings(data: dict[str, Any], *, path: Path | None = None, secrets: bool = True) -> Settings:
     where = str(path) if path else "config"
     base_dir = path.parent if path else Path.cwd()
     try:
-        return Settings.model_validate({**data, "path": path}, context={"base_dir": base_dir})
+        return Settings.model_validate(
+            {**data, "path": path}, context={"base_dir": base_dir, "secrets": secrets}
+        )
     except ValidationError as err:
         raise ConfigError(_one_line(err, where)) from None
 
@@ -240,7 +310,8 @@ def config_path(explicit: Path | None) -> Path | None:
     return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
 
 
-def load_settings(explicit: Path | None = None) -> Settings:
+def load_settings(explicit: Path | None = None, *, secrets: bool = True) -> Settings:
+    """The settings; secrets=False for commands that only read the store (see the module doc)."""
     path = config_path(explicit)
     if path is None:
         return Settings()
@@ -252,7 +323,7 @@ def load_settings(explicit: Path | None = None) -> Settings:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
-    return parse_settings(data, path=path)
+    return parse_settings(data, path=path, secrets=secrets)
 
 
 def data_dir() -> Path:

@@ -1,13 +1,18 @@
-"""`etl demo`: simulators on loopback + the database + a few polling cycles, then equity.
+"""`etl demo` and `etl sim`: the venue simulators on loopback, and what to point at them.
 
-Zero set-up: with no database configured it uses the embedded PostgreSQL. The demo's
-sources (named `demo-*`) go into the same database as everything else, so `etl report`
-works on them afterwards.
+`etl demo`: the simulators + a database + a few polling cycles, then equity. Its sources
+(named `demo-*`) go into a database of their own, `etl_demo` on the embedded PostgreSQL
+(or `--database-url`), never into the user's: demo accounts beside real ones would show
+as a +99.8 % "return". `etl sim`: the same simulators, kept running, and a config for
+them, so a user can try every command on a config of their own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import shlex
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +26,7 @@ from sqlalchemy import Engine, text
 from etl import report
 from etl.config import Settings, parse_settings
 from etl.pipeline import RunResult, run_sources
-from etl.sim.demo import BUILDERS
+from etl.sim.demo import BUILDERS, SourceEntry
 from etl.sim.serve import SimServer
 from etl.slots import floor_to_slot
 
@@ -32,15 +37,54 @@ class DemoOutcome:
     plot: Path
 
 
-def start_simulators(database_url: str | None) -> tuple[list[SimServer], Settings]:
-    servers, sources = [], []
-    for build in BUILDERS.values():
-        sim, entries = build()
-        server = SimServer(sim.app()).start()
-        servers.append(server)
-        sources += [{**entry, "base_url": server.url} for entry in entries]
-    data = {"sources": sources, "database": {"url": database_url} if database_url else {}}
-    return servers, parse_settings(data)
+DEMO_DATABASE = "etl_demo"  # on the embedded server, beside the user's `etl`
+
+
+def serve_simulators(port: int = 0) -> tuple[list[SimServer], list[SourceEntry]]:
+    """Start every venue's simulator (on port, port+1, … if given; else free ports) and
+    return the `[[sources]]` entries that reach them."""
+    servers: list[SimServer] = []
+    sources: list[SourceEntry] = []
+    try:
+        for n, build in enumerate(BUILDERS.values()):
+            sim, entries = build()
+            servers.append(SimServer(sim.app(), port=port + n if port else 0).start())
+            sources += [{**entry, "base_url": servers[-1].url} for entry in entries]
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers, sources
+
+
+def start_simulators(database_url: str) -> tuple[list[SimServer], Settings]:
+    servers, sources = serve_simulators()
+    return servers, parse_settings({"sources": sources, "database": {"url": database_url}})
+
+
+def config_text(sources: list[SourceEntry], interval: str) -> str:
+    """A TOML config for the served simulators (JSON strings are valid TOML basic strings)."""
+    lines = [
+        "# etl sim: the venue simulators on loopback. No [database]: $ETL_DATABASE_URL, else the embedded one.",
+        "[schedule]",
+        f"interval = {json.dumps(interval)}",
+        'timeout = "5s"',
+    ]
+    for entry in sources:
+        lines += ["", "[[sources]]"]
+        for key in ("name", "venue", "base_url", "api_key", "api_secret"):
+            if key in entry:
+                lines.append(f"{key} = {json.dumps(entry[key])}")
+        if entry.get("params"):
+            pairs = ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in entry["params"].items())
+            lines.append(f"params = {{ {pairs} }}")
+    return "\n".join(lines) + "\n"
+
+
+def env_lines(sources: list[SourceEntry]) -> list[str]:
+    """`export NAME=value` for every secret the config refers to (demo credentials only)."""
+    names = [entry[key][4:] for entry in sources for key in ("api_key", "api_secret") if key in entry]
+    return [f"export {name}={shlex.quote(os.environ[name])}" for name in names]
 
 
 async def _cycles(

@@ -65,6 +65,12 @@ class Metrics:
         self.missed = Counter(
             "etl_missed_slots_total", "Slots the daemon did not poll", ["source"], registry=r
         )
+        self.interval = Gauge(
+            "etl_source_interval_seconds",
+            "The source's poll interval (config/alerts.yml measures silence in intervals)",
+            ["source"],
+            registry=r,
+        )
         self.spool_depth = Gauge("etl_spool_depth", "Entries waiting in the spool", registry=r)
         self.database_up = Gauge("etl_database_up", "1 if the database answers", registry=r)
         self.task_restarts = Counter(

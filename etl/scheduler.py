@@ -46,7 +46,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
-from etl.config import Settings, SourceConfig, data_dir
+from etl.config import Settings, SourceConfig, check_for_daemon, data_dir
 from etl.daemon.claims import Claims
 from etl.daemon.drain import Drainer
 from etl.daemon.health import DB_WORKERS, Database
@@ -65,7 +65,6 @@ from etl.venues import venue
 __all__ = ["DB_WORKERS", "POLL_SHARE", "Daemon", "Timing", "missed_between", "run_daemon"]
 log = logging.getLogger(__name__)
 
-MIN_INTERVAL = timedelta(seconds=2)  # the grace is at least 1 s and must stay under the interval
 SHUTDOWN_GRACE = 10.0  # seconds for slots in flight after SIGTERM (systemd's TimeoutStopSec is 30)
 CLOSE_TIMEOUT = 5.0  # seconds, after the grace, for cancelled slots and the last run rows owed
 SOURCE_CONNECTIONS = 4  # per source's HTTP pool: its polls send one request at a time
@@ -100,12 +99,7 @@ class Daemon:
         worker: str | None = None,
         shutdown_grace: float = SHUTDOWN_GRACE,
     ):
-        for i, source in enumerate(settings.sources):
-            if settings.interval_of(source) < MIN_INTERVAL:
-                raise ConfigError(
-                    f"{settings.path or 'config'}: sources[{i}] ({source.name}): the daemon needs an "
-                    f"interval of at least {MIN_INTERVAL.total_seconds():g}s"
-                )
+        check_for_daemon(settings)
         self.settings = settings
         self.spool = spool
         self.metrics = metrics or Metrics()
@@ -113,6 +107,8 @@ class Daemon:
         self.shutdown_grace = shutdown_grace
         self.sources = {s.name: s for s in settings.sources}
         self.timing = {s.name: Timing.of(settings.interval_of(s)) for s in settings.sources}
+        for name, timing in self.timing.items():
+            self.metrics.interval.labels(name).set(timing.interval.total_seconds())
         shortest = min((t.interval.total_seconds() for t in self.timing.values()), default=60.0)
         tick = min(5.0, max(0.5, shortest / 2))  # how often the spool and the database are looked at
         self.supervisor = Supervisor(self.metrics.task_restarts)

@@ -16,7 +16,7 @@ def run() -> None:
         from etl.config import load_settings
         from etl.store.engine import engine_for
 
-        with engine_for(load_settings()).begin() as connection:
+        with engine_for(load_settings(secrets=False)).begin() as connection:
             _migrate(connection)
     else:
         _migrate(connection)

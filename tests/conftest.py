@@ -1,6 +1,6 @@
 """Shared fixtures: a real PostgreSQL, fresh per test session, and the simulators in-process.
 
-The database is the embedded PostgreSQL 16 (pgserver, under the temp dir) unless
+The database is the embedded PostgreSQL 16 (pgserver, under the temp dir, one per user) unless
 ETL_TEST_DATABASE_URL names a server; either way the session creates its own database
 on it and drops it at the end, so concurrent test runs do not meet.
 """
@@ -28,7 +28,10 @@ def _server_url() -> str:
     url = os.environ.get("ETL_TEST_DATABASE_URL")
     if url:
         return sqlalchemy_url(url)
-    return sqlalchemy_url(embedded_url(Path(tempfile.gettempdir()) / "etl-test-pg"))
+    # One server per user: a server dir made by root (owned by pgserver's system user)
+    # is not usable by anyone else. Runs by one user at once share it (pgserver joins a
+    # running server; each session has its own database).
+    return sqlalchemy_url(embedded_url(Path(tempfile.gettempdir()) / f"etl-test-pg-{os.getuid()}"))
 
 
 @pytest.fixture(scope="session")

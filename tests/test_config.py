@@ -119,3 +119,63 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_surrounding_whitespace_is_not_part_of_a_secret(monkeypatch, tmp_path):
+    """A mounted secret or an env file line often ends in a newline: sent as is, it broke
+    the request and leaked through the transport's error message."""
+    monkeypatch.setenv("T_KEY", "  key-value-123\n")
+    (tmp_path / "secret.txt").write_text("\tvery-secret-value\r\n")
+    (source,) = load_settings(write(tmp_path, GOOD)).sources
+    assert source.api_key.reveal() == "key-value-123"
+    assert source.api_secret.reveal() == "very-secret-value"
+    monkeypatch.setenv("T_KEY", " \n")
+    with pytest.raises(ConfigError, match=r"sources\[0\].api_key: environment variable T_KEY is not set"):
+        load_settings(write(tmp_path, GOOD))
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://etl:hunter2-pw@db.internal:5432/etl", "postgresql://etl@db.internal/etl?password=hunter2-pw"],
+)
+def test_the_database_password_never_shows_in_repr_or_str(url):
+    settings = parse_settings({"database": {"url": url}})
+    shown = repr(settings) + str(settings) + repr(settings.database) + str(settings.database)
+    assert "hunter2-pw" not in shown
+    assert "db.internal" in shown and "***" in shown
+    assert settings.database.url == url  # the engine still gets the real one
+
+
+def test_without_secrets_the_references_are_checked_but_never_read(tmp_path, monkeypatch):
+    monkeypatch.delenv("T_KEY", raising=False)  # and secret.txt does not exist
+    settings = load_settings(write(tmp_path, GOOD), secrets=False)
+    (source,) = settings.sources
+    assert not source.api_key.resolved and repr(source.api_key) == "Secret(env:T_KEY)"
+    with pytest.raises(ConfigError, match="not resolved"):
+        source.api_key.reveal()
+    with pytest.raises(ConfigError, match=r"sources\[0\].api_key: secrets must be references"):
+        load_settings(write(tmp_path, GOOD.replace("env:T_KEY", "plain-literal-key")), secrets=False)
+    with pytest.raises(ConfigError, match="environment variable T_KEY is not set"):
+        load_settings(write(tmp_path, GOOD))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ('interval = "1000000000d"', "schedule.interval: a duration must be at most 3650d, got '1000000000d'"),
+        ('interval = "36500d"', "schedule.interval: a duration must be at most 3650d"),
+        ('interval = "2d"', "schedule.interval: an interval must be at most 1d, got 2d"),
+        ('timeout = "1h"', "schedule.timeout: a timeout must be at most 10m, got 1h"),
+    ],
+)
+def test_durations_past_their_bounds_are_one_line(env, change, message):
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(env, GOOD.replace('interval = "5m"', change)))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_source_interval_is_bounded_too(env):
+    with pytest.raises(ConfigError, match=r"sources\[0\].interval: an interval must be at most 1d"):
+        load_settings(write(env, GOOD.replace('params =', 'interval = "7d"\nparams =')))
+    assert load_settings(write(env, GOOD.replace('interval = "5m"', 'interval = "1d"'))).schedule.interval \
+        == timedelta(days=1)

@@ -1,7 +1,11 @@
-"""Serve a simulator on loopback with uvicorn, in a background thread (demo, process tests)."""
+"""Serve a simulator on loopback with uvicorn, in a background thread (demo, process tests).
+
+`python -m etl.sim.serve` is `etl sim`: all four simulators, kept running, and a config for them.
+"""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -48,3 +52,9 @@ class SimServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=5)
+
+
+if __name__ == "__main__":
+    from etl.cli import app
+
+    app(["sim", *sys.argv[1:]])

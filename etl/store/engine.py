@@ -50,8 +50,9 @@ def _redact(url: str) -> str:
         return url.split("@")[-1]
 
 
-def embedded_url(root: Path | None = None) -> str:
-    """Start (or join) the embedded server under the data dir; return a URL for its `etl` db."""
+def embedded_url(root: Path | None = None, database: str = EMBEDDED_DB) -> str:
+    """Start (or join) the embedded server under the data dir; return a URL for its
+    database `database` (`etl`; the demo has its own), created if missing."""
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (root, CI, systemd) and falls back: harmless.
         warnings.simplefilter("ignore", UserWarning)
@@ -61,17 +62,36 @@ def embedded_url(root: Path | None = None) -> str:
     with _lock:
         server = _servers.get(pgdata)
         if server is None:
-            pgdata.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                pgdata.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:  # ETL_DATA_DIR under a file, or not ours to write
+                raise ConfigError(
+                    f"data dir {pgdata.parent}: cannot create it ({err.strerror}); set ETL_DATA_DIR "
+                    "to a folder you can write, or configure a database"
+                ) from None
             log.info("starting embedded PostgreSQL in %s", pgdata)
             try:
                 server = pgserver.get_server(pgdata, cleanup_mode="stop")
             except Exception as err:  # pgserver raises plain exceptions with a log path
                 raise StoreError(f"embedded PostgreSQL in {pgdata} did not start: {err}") from None
             _servers[pgdata] = server
-        exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DB}';")
+        exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
         if "(1 row)" not in exists:
-            server.psql(f"CREATE DATABASE {EMBEDDED_DB};")
-        return str(server.get_uri(EMBEDDED_DB))
+            server.psql(f"CREATE DATABASE {database};")
+        return str(server.get_uri(database))
+
+
+def drop_embedded(database: str) -> bool:
+    """Drop a database of the embedded server (the demo's); False if there was none."""
+    engine = make_engine(embedded_url(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database}).first()
+            if found:
+                conn.exec_driver_sql(f'DROP DATABASE "{database}" WITH (FORCE)')
+        return found is not None
+    finally:
+        engine.dispose()
 
 
 def database_url(settings: Settings) -> str:

@@ -1,45 +1,66 @@
-"""Alembic, driven from etl: upgrade, downgrade, current, and the drift check."""
+"""Alembic, driven from etl: upgrade, downgrade, current, the schema check and the drift check.
+
+The revisions are the checkout's top-level `migrations/` folder; a wheel carries the same
+files as `etl/migrations` (pyproject.toml maps the one onto the other), so an installed
+etl migrates without its checkout. No alembic.ini is needed: the options are set here.
+"""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Engine
 
-from etl.errors import StoreError
+from etl.errors import ConfigError, StoreError
 from etl.store import locks, partitions
 from etl.store.schema import metadata
 
-ROOT = Path(__file__).resolve().parents[2]
+_PACKAGE = Path(__file__).resolve().parents[1]
+SCRIPT_LOCATIONS = (_PACKAGE / "migrations", _PACKAGE.parent / "migrations")  # installed, checkout
 
 
-def alembic_config(engine: Engine | None = None) -> Config:
-    ini = ROOT / "alembic.ini"
-    if not ini.exists():
-        raise StoreError(
-            f"migrations not found at {ROOT} (install the project from its checkout: pip install -e .)"
-        )
-    cfg = Config(str(ini), stdout=io.StringIO())
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+def script_location() -> Path:
+    for folder in SCRIPT_LOCATIONS:
+        if (folder / "env.py").exists():
+            return folder
+    raise StoreError(f"migrations not found in {' or '.join(map(str, SCRIPT_LOCATIONS))}: a broken install?")
+
+
+def alembic_config() -> Config:
+    cfg = Config(stdout=io.StringIO())
+    cfg.set_main_option("script_location", str(script_location()))
+    cfg.set_main_option("path_separator", "os")
     return cfg
 
 
-def _run(engine: Engine, action: str, *args: str) -> str:
-    cfg = alembic_config()
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        getattr(command, action)(cfg, *args)
-    out = cfg.stdout
-    return out.getvalue() if isinstance(out, io.StringIO) else ""
+@contextmanager
+def _one_line() -> Iterator[None]:
+    """Alembic's refusals (an unknown revision, a database at a revision this code does
+    not have) are the user's to fix: one line, not its traceback."""
+    try:
+        yield
+    except CommandError as err:
+        raise ConfigError(f"database migration: {str(err).splitlines()[0]}") from None
+
+
+def head() -> str:
+    with _one_line():
+        rev = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert rev is not None  # the revisions ship with the package
+    return rev
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    with engine.begin() as conn:
+    with engine.begin() as conn, _one_line():
         # Several processes may start at once (replicas, a cron job beside the daemon):
         # serialize migrations on a transaction-scoped advisory lock.
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({locks.MIGRATION})")
@@ -50,14 +71,37 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def downgrade(engine: Engine, revision: str) -> None:
-    _run(engine, "downgrade", revision)
+    cfg = alembic_config()
+    with engine.begin() as conn, _one_line():
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
     partitions.forget()
 
 
-def current(engine: Engine) -> str:
+def revision_of(engine: Engine) -> str | None:
     with engine.connect() as conn:
-        rev = MigrationContext.configure(conn).get_current_revision()
-    return rev or "(empty database: no revision)"
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def current(engine: Engine) -> str:
+    return revision_of(engine) or "(empty database: no revision)"
+
+
+def require_head(engine: Engine) -> None:
+    """For the commands that only read or tidy the store: they never change the schema,
+    so a database behind (or ahead of) this code is a one-line refusal."""
+    at, want = revision_of(engine), head()
+    if at == want:
+        return
+    if at is None:
+        raise ConfigError("the database has no schema yet: run `etl db upgrade`")
+    try:
+        ScriptDirectory.from_config(alembic_config()).get_revision(at)
+    except CommandError:
+        raise ConfigError(
+            f"the database is at revision {at}, which this etl does not know (newer code?); it knows up to {want}"
+        ) from None
+    raise ConfigError(f"the database is at revision {at}, this etl needs {want}: run `etl db upgrade`")
 
 
 def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
