@@ -221,6 +221,10 @@ def demo(
                      show_default=False),
     ] = None,
     drop: Annotated[bool, typer.Option("--drop", help="Remove the embedded demo database, and exit.")] = False,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Then open the dashboard on the demo's data (etl serve) until Ctrl-C.")
+    ] = False,
+    port: Annotated[int, typer.Option(help="The dashboard's port, with --serve.")] = 8080,
 ) -> None:
     """Zero set-up showcase: simulators + embedded PostgreSQL + N cycles, then equity table and chart."""
     from etl.demo import DEMO_DATABASE, run_demo, start_simulators
@@ -244,10 +248,15 @@ def demo(
     finally:
         for server in servers:
             server.stop()
+    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     if not database_url:
-        url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         out.print(f"the demo has its own database: report on it with ETL_DATABASE_URL='{url}' etl report "
                   "equity; remove it with `etl demo --drop`", highlight=False, soft_wrap=True, markup=False)
+    if serve:
+        _serve_dashboard(settings, "127.0.0.1", port, None)
+    else:
+        out.print(f"see it in a browser: etl demo --serve, or ETL_DATABASE_URL='{url}' etl serve",
+                  highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -568,6 +577,12 @@ def serve(
     ] = None,
 ) -> None:
     """Read-only web dashboard and JSON API over the store (no venue secret needed)."""
+    if host not in LOOPBACK and not host.startswith("127.") and not token:
+        raise ConfigError(f"--host {host}: off loopback the dashboard needs --token or ETL_SERVE_TOKEN")
+    _serve_dashboard(load_settings(config, secrets=False), host, port, token)
+
+
+def _serve_dashboard(settings: Settings, host: str, port: int, token: str | None) -> None:
     import uvicorn
 
     from etl.config import data_dir
@@ -576,9 +591,6 @@ def serve(
     from etl.store.engine import database_url, make_engine
     from etl.web.app import Dashboard, create_app
 
-    if host not in LOOPBACK and not host.startswith("127.") and not token:
-        raise ConfigError(f"--host {host}: off loopback the dashboard needs --token or ETL_SERVE_TOKEN")
-    settings = load_settings(config, secrets=False)
     # Read-only transactions: whatever a route runs, the dashboard cannot write.
     engine = make_engine(
         database_url(settings),

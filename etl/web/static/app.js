@@ -27,7 +27,8 @@ function ticks(self, splits) {
     const iso = new Date(s * 1000).toISOString();
     if (span >= 3 * 86400) return iso.slice(0, 10);
     if (span >= 86400) return iso.slice(5, 10) + " " + iso.slice(11, 16);
-    return iso.slice(11, 16);
+    if (span >= 1800) return iso.slice(11, 16);
+    return iso.slice(11, 19);
   });
 }
 
