@@ -16,10 +16,24 @@ runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_the_demo_writes_into_its_own_database_and_drop_removes_it(engine, database_url, tmp_path, monkeypatch):
-    monkeypatch.setenv("ETL_DATABASE_URL", database_url)  # the user's database: the demo must keep out
+@pytest.fixture
+def demo_data_dir(tmp_path, monkeypatch):
+    """The data dir of a demo run in this process; its embedded server is stopped with the
+    test (left to the process's exit, pg_ctl found the test's temp dir gone or closed)."""
+    from etl.store import engine as embedded
+
     monkeypatch.setenv("ETL_DATA_DIR", str(tmp_path / "data"))
+    yield tmp_path / "data"
+    server = embedded._servers.pop(tmp_path / "data" / "pgdata", None)
+    if server is not None:
+        server.cleanup()
+
+
+@pytest.mark.slow
+def test_the_demo_writes_into_its_own_database_and_drop_removes_it(
+    engine, database_url, tmp_path, monkeypatch, demo_data_dir
+):
+    monkeypatch.setenv("ETL_DATABASE_URL", database_url)  # the user's database: the demo must keep out
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["demo", "--cycles", "1", "--interval", "2s"])
     assert result.exit_code == 0, result.output
