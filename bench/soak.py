@@ -40,7 +40,7 @@ if not __package__:  # run as `python bench/soak.py`: make the `bench` package i
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import fresh_database, load_average, print_json_line
-from bench.soak_checks import Evidence, check
+from bench.soak_checks import DAEMON_KILL, DATABASE_DOWN, DISK_FULL, Evidence, check
 from bench.soak_world import (
     REQUEST_TIMEOUT,
     DaemonProcess,
@@ -79,7 +79,6 @@ VENUE_FAULTS: dict[str, Callable[[random.Random], dict[str, Any]]] = {
         for kind in ("nan", "nul", "huge", "duplicate_key", "wrong_type", "echo_credential")
     },
 }
-DATABASE_DOWN, DISK_FULL, DAEMON_KILL = "postgres_down", "spool_disk_full", "daemon_kill"
 KINDS = (*VENUE_FAULTS, DATABASE_DOWN, DISK_FULL, DAEMON_KILL)
 MEAN_GAP = 6.0  # seconds between faults beyond the one of each kind
 SETTLE_INTERVALS = (3, 8)  # quiet time after the faults: at least, and at most while the spool drains

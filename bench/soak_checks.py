@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,12 +27,14 @@ from bench.soak_world import DaemonProcess, World
 from etl.slots import floor_to_slot
 from etl.store.engine import make_engine
 
+# The fault kinds that are windows of time (the soak names them, the evidence lines too).
+DATABASE_DOWN, DISK_FULL, DAEMON_KILL = "postgres_down", "spool_disk_full", "daemon_kill"
 BAD_BODIES = ("nan", "nul", "duplicate_key", "huge")  # a slot that got one of these cannot be ok
 INVARIANTS = {
     "rows": "every (source, slot) of the window has exactly one ingestion_runs row, none left running",
     "loaded": "ok slots have their snapshot rows (as counted in the run) and raw payloads",
     "reasons": "error and missed slots have a non-empty reason",
-    "bad_bodies": "a slot that got a bad body (NaN, NUL, duplicate key, huge) is not ok",
+    "bad_bodies": "a slot that got a bad body (NaN, NUL, duplicate key, huge) is an error, not ok or missed",
     "secrets": "no secret in the database, the daemon's log or the spool",
     "spool": "the spool is empty: nothing pending, no temp file, nothing rejected",
     "rss": "the daemon's RSS stays under the limit",
@@ -124,13 +127,15 @@ def check_rows(ev: Evidence, engine: Engine, checked: list[Slot], out: list[tupl
             (s, ts) for s, ts in conn.execute(text("SELECT DISTINCT source, snapshot_ts FROM raw_payloads"))
         }
     statuses: Counter[str] = Counter()
-    missing, running, no_reason, short, no_raw = [], [], [], {}, []
+    missing, running, abandoned, no_reason, short, no_raw = [], [], [], [], {}, []
     for slot in checked:
         run = runs.get(slot)
         if run is None:
             missing.append(slot)
             continue
         statuses[run.status] += 1
+        if run.status == "missed" and _abandoned_by_live(ev, run.error or ""):
+            abandoned.append(slot)
         if run.status == "running":
             running.append(slot)
         elif run.status != "ok" and not (run.error or "").strip():
@@ -147,6 +152,8 @@ def check_rows(ev: Evidence, engine: Engine, checked: list[Slot], out: list[tupl
                 no_raw.append(slot)
     out += [("rows", line) for line in _grouped(ev, "no ingestion_runs row", missing)]
     out += [("rows", line) for line in _grouped(ev, "left 'running'", running)]
+    what = "missed as a claim its worker never finished, but the soak did not kill it (the slot's task died)"
+    out += [("tasks", line) for line in _grouped(ev, what, abandoned)]
     out += [("reasons", line) for line in _grouped(ev, "error/missed without a reason", no_reason)]
     out += [
         ("loaded", line) for line in _grouped(ev, "ok but rows differ (rows/counted)", list(short), short)
@@ -156,10 +163,18 @@ def check_rows(ev: Evidence, engine: Engine, checked: list[Slot], out: list[tupl
     return statuses
 
 
+def _abandoned_by_live(ev: Evidence, reason: str) -> bool:
+    """The reason claim_slots gives names the worker (host:pid:…): was that process alive?"""
+    match = re.search(r"claimed by worker [^:\s]+:(\d+):", reason)
+    return match is not None and any(g.pid == int(match[1]) and not g.killed for g in ev.daemon.generations)
+
+
 def _check_bad_bodies(
     ev: Evidence, runs: dict[Slot, Any], checked: set[Slot], out: list[tuple[str, str]]
 ) -> None:
-    accepted: dict[Slot, str] = {}
+    """A polled slot that got a bad body is that source's error. `missed` only when it
+    could be neither loaded nor spooled (the disk full) or the process was killed."""
+    wrong: dict[Slot, str] = {}
     for item in ev.served:
         if item["kind"] not in BAD_BODIES:
             continue
@@ -167,9 +182,16 @@ def _check_bad_bodies(
             if key in item["credential"]:
                 slot = (name, floor_to_slot(_when(item["at"]), ev.world.intervals[name]))
                 run = runs.get(slot)
-                if slot in checked and run is not None and run.status == "ok":
-                    accepted[slot] = item["kind"]
-    out += [("bad_bodies", line) for line in _grouped(ev, "bad body loaded as ok", list(accepted), accepted)]
+                excused = (
+                    {"error", "missed"}
+                    if {DISK_FULL, DAEMON_KILL} & set(_context(ev, slot).split("+"))
+                    else {"error"}
+                )
+                if slot in checked and run is not None and run.status not in excused:
+                    wrong[slot] = f"{item['kind']} -> {run.status}"
+    out += [
+        ("bad_bodies", line) for line in _grouped(ev, "bad body not recorded as error", list(wrong), wrong)
+    ]
 
 
 def check_secrets(ev: Evidence, engine: Engine, out: list[tuple[str, str]]) -> None:
@@ -231,6 +253,17 @@ def check_spool(ev: Evidence, out: list[tuple[str, str]]) -> None:
             out.append(("spool", f"spool not empty: {len(chosen)} {label}: {names}"))
 
 
+def _exception(trace: str) -> str:
+    """The exception line of a traceback (not the notes after it) and our innermost frame."""
+    lines = trace.strip().splitlines()
+    error = next(
+        (x for x in reversed(lines) if re.match(r"[A-Za-z_][\w.]*(: |$)", x)), lines[-1] if lines else ""
+    )
+    frames = re.findall(r'File ".*?/(etl/[\w/]+\.py)", line \d+, in (\w+)', trace)
+    where = " > ".join(f"{path}:{func}" for path, func in frames[-2:])
+    return error[:200] + (f" (in {where})" if where else "")
+
+
 def check_log(ev: Evidence, out: list[tuple[str, str]]) -> int:
     """Tracebacks: a JSON record with `exc` is fine only from a supervisor that restarts the
     task (its message says so); raw lines (not JSON) are what escaped logging altogether."""
@@ -252,13 +285,14 @@ def check_log(ev: Evidence, out: list[tuple[str, str]]) -> int:
             if "restart" in message.lower():
                 supervised += 1
                 continue
-            last = str(record.get("exc", "")).strip().splitlines()[-1:] or [""]
+            message = re.sub(r" \(trigger: .*?\)", "", message)  # APScheduler's next run time
+            error = _exception(str(record.get("exc", "")))
             seen[
-                f"logged traceback in process {gen}: {record.get('logger')}: {message[:160]} -> {last[0][:160]}"
+                f"logged traceback in process {gen}: {record.get('logger')}: {message[:160]} -> {error}"
             ] += 1
     for gen, block in raw:
         if block[0].startswith("Traceback"):
-            seen[f"raw traceback on stderr of process {gen}: {block[-1][:200]}"] += 1
+            seen[f"raw traceback on stderr of process {gen}: {_exception(chr(10).join(block))}"] += 1
     secrets = ev.world.secrets
     out += [("tasks", _redacted(line + (f" (x{n})" if n > 1 else ""), secrets)) for line, n in seen.items()]
     return supervised
