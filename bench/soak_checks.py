@@ -38,7 +38,7 @@ INVARIANTS = {
     "secrets": "no secret in the database, the daemon's log or the spool",
     "spool": "the spool is empty: nothing pending, no temp file, nothing rejected",
     "rss": "the daemon's RSS stays under the limit",
-    "tasks": "no task died: no unsupervised traceback, no exit but SIGTERM's, exit 0",
+    "tasks": "no task died: no unsupervised traceback, no claim abandoned by a live worker, no exit but SIGTERM's, exit 0",
 }
 SNAPSHOTS = {
     "balances": "balance_snapshots",
@@ -152,7 +152,7 @@ def check_rows(ev: Evidence, engine: Engine, checked: list[Slot], out: list[tupl
                 no_raw.append(slot)
     out += [("rows", line) for line in _grouped(ev, "no ingestion_runs row", missing)]
     out += [("rows", line) for line in _grouped(ev, "left 'running'", running)]
-    what = "missed as a claim its worker never finished, but the soak did not kill it (the slot's task died)"
+    what = "missed as a claim its worker never finished, though the soak never killed that worker"
     out += [("tasks", line) for line in _grouped(ev, what, abandoned)]
     out += [("reasons", line) for line in _grouped(ev, "error/missed without a reason", no_reason)]
     out += [
