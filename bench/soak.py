@@ -298,7 +298,7 @@ def summary(args: argparse.Namespace, soak: Soak, result: dict[str, Any], wall: 
         f"faults injected: {faults}",
         f"slots checked: {result['slots']} ({by_status}); not checked: {result['excluded']}",
         f"daemon: {result['processes']} process(es), {result['killed']} kill -9, peak RSS "
-        f"{result['peak_rss_mb']:.0f} MB (limit {args.rss_limit_mb:g}), supervised restarts in the log: "
+        f"{result['peak_rss_mb']:.0f} MB, median {result['median_rss_mb']:.0f} MB (limit {args.rss_limit_mb:g}), supervised restarts in the log: "
         f"{result['supervised_restarts']}",
         *(f"note: {note}" for note in soak.notes),
         "invariants:",

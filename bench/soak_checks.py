@@ -15,6 +15,7 @@ import itertools
 import json
 import math
 import re
+import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -319,6 +320,7 @@ def check(ev: Evidence, process_violations: list[str]) -> dict[str, Any]:
         "processes": len(gens),
         "killed": sum(g.killed for g in gens),
         "peak_rss_mb": round(ev.daemon.rss_peak_mb, 1),
+        "median_rss_mb": round(statistics.median(ev.daemon.rss_samples or [0.0]), 1),
         "supervised_restarts": supervised,
         "invariants": {text_: not any(k == key for k, _ in out) for key, text_ in INVARIANTS.items()},
         "violations": [line for _, line in out],
