@@ -5,8 +5,15 @@ raises nothing on bad input: it answers the way the venue documents. Control rou
 under `/_sim/` let a test in another process queue faults and read request counts:
 
     POST /_sim/faults   [{"status": 502, "body": "<html>…", "times": 3}, …]
-    GET  /_sim/stats    {"requests": {"/ftapi/v1/account/info": 12}, "rejected": 0, "rate_limited": 0}
+    GET  /_sim/stats    {"requests": {"/ftapi/v1/account/info": 12}, "rejected": 0, "rate_limited": 0,
+                         "served": [{"kind": "nan", "at": 1764626400.1, "credential": "…"}]}
     POST /_sim/reset
+
+A fault either replaces the answer (`status`, `body`) or, with `real` set, serves the
+venue's real answer changed by one of `MUTATIONS` (a NaN, a NUL, a duplicate key, …; ""
+leaves it unchanged); `drip` sends the answer one byte per `drip` seconds. A fault with a
+`kind` is listed in `served` when a request gets it, so a test in another process can tell
+which (credential, time) received what.
 
 `limit_rate(count, seconds)` enforces a venue's documented limit per API key (off by
 default): a sliding window over the requests it accepted; one more answers HTTP 429 with
@@ -21,15 +28,16 @@ import asyncio
 import json
 import math
 import random
+import re
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from etl import exactjson
@@ -46,6 +54,64 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     content_type: str = "text/html"
+    real: str | None = None  # a MUTATIONS name: serve the real answer so changed instead of `body`
+    drip: float = 0.0  # seconds between bytes of the answer
+    kind: str = ""  # listed in /_sim/stats "served" when a request gets this fault
+
+
+_NUMBER = re.compile(rb'"(-?\d+\.\d+)"')  # a decimal sent as a string, as the venues send money
+_STRING = re.compile(rb'(": ?")([A-Za-z][^"\\]*")')  # a plain string value
+HUGE_BYTES = 96 * 2**20  # above any response cap a client should have
+
+
+def _pick(pattern: re.Pattern[bytes], body: bytes, rng: random.Random) -> re.Match[bytes] | None:
+    matches = list(pattern.finditer(body))
+    return rng.choice(matches) if matches else None
+
+
+def _replace(pattern: re.Pattern[bytes], new: Callable[[re.Match[bytes]], bytes]) -> Mutation:
+    """One value of the body, chosen at random among the pattern's matches, replaced."""
+
+    def mutate(body: bytes, rng: random.Random, credential: str) -> bytes:
+        match = _pick(pattern, body, rng)
+        return body if match is None else body[: match.start()] + new(match) + body[match.end() :]
+
+    return mutate
+
+
+def _first_member(body: bytes, member: bytes) -> bytes:
+    """`member` ("key": value) inserted first into the top-level object."""
+    start = body.index(b"{") + 1
+    return body[:start] + member + (b"" if body[start:].lstrip().startswith(b"}") else b", ") + body[start:]
+
+
+def _duplicate_key(body: bytes, rng: random.Random, credential: str) -> bytes:
+    """The top-level object's last key sent twice, the first copy with other contents:
+    a parser that keeps the last copy reads a plausible answer and hides the conflict."""
+    keys = list(json.loads(body))
+    if not keys:
+        return body
+    return _first_member(body, json.dumps(keys[-1]).encode() + b': {"decoy": "1000000"}')
+
+
+Mutation = Callable[[bytes, random.Random, str], bytes]
+MUTATIONS: dict[str, Mutation] = {
+    "": lambda body, rng, credential: body,
+    "nan": _replace(_NUMBER, lambda m: b"NaN"),
+    "nul": _replace(_STRING, lambda m: m.group(1) + b"\\u0000" + m.group(2)),
+    "wrong_type": _replace(_NUMBER, lambda m: b'{"value": ' + m.group(0) + b"}"),
+    "duplicate_key": _duplicate_key,
+    "huge": lambda body, rng, credential: _first_member(body, b'"pad": "' + b"x" * HUGE_BYTES + b'"'),
+    "echo_credential": lambda body, rng, credential: _first_member(
+        body, b'"echo": ' + json.dumps(credential).encode()
+    ),
+}
+
+
+async def _drip(body: bytes, seconds: float) -> AsyncIterator[bytes]:
+    for i in range(len(body)):
+        yield body[i : i + 1]
+        await asyncio.sleep(seconds)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -64,6 +130,7 @@ class Simulator:
         self.rejected = 0  # requests refused for a bad key or signature
         self.rate_limit: tuple[int, float] | None = None  # (requests, seconds) per key
         self.rate_limited = 0  # requests answered 429 by the rate limit
+        self.served: list[dict[str, Any]] = []  # faults with a kind, as requests got them
         self._admitted: dict[str, deque[float]] = {}
 
     def fail_next(self, *faults: Fault) -> None:
@@ -120,19 +187,26 @@ class Simulator:
             if self.latency:
                 await asyncio.sleep(self.latency)
             if self.faults:
-                fault = self.faults.popleft()
-                if fault.delay:
-                    await asyncio.sleep(fault.delay)
-                return Response(
-                    fault.body,
-                    status_code=fault.status,
-                    headers=fault.headers,
-                    media_type=fault.content_type,
-                )
+                return await self._faulty(self.faults.popleft(), request, handler)
             response: Response = await handler(request)
             return response
 
         return guarded
+
+    async def _faulty(self, fault: Fault, request: Request, handler: Handler) -> Response:
+        credential = self.credential(request)
+        if fault.kind:
+            self.served.append({"kind": fault.kind, "at": time.time(), "credential": credential})
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        status, headers, media_type, body = fault.status, fault.headers, fault.content_type, fault.body.encode()
+        if fault.real is not None:
+            real = await handler(request)
+            status, headers, media_type = real.status_code, {}, real.media_type or "application/json"
+            body = MUTATIONS[fault.real](bytes(real.body), self.rng, credential)
+        if fault.drip:
+            return StreamingResponse(_drip(body, fault.drip), status, headers, media_type)
+        return Response(body, status_code=status, headers=headers, media_type=media_type)
 
     async def _add_faults(self, request: Request) -> Response:
         items = json.loads(await request.body())
@@ -143,7 +217,12 @@ class Simulator:
 
     async def _stats(self, request: Request) -> Response:
         return JSONResponse(
-            {"requests": dict(self.requests), "rejected": self.rejected, "rate_limited": self.rate_limited}
+            {
+                "requests": dict(self.requests),
+                "rejected": self.rejected,
+                "rate_limited": self.rate_limited,
+                "served": self.served,
+            }
         )
 
     async def _reset(self, request: Request) -> Response:
@@ -151,6 +230,7 @@ class Simulator:
         self.requests.clear()
         self.rejected = 0
         self.rate_limited = 0
+        self.served.clear()
         self._admitted.clear()
         return JSONResponse({"ok": True})
 
