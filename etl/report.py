@@ -2,7 +2,10 @@
 
 Reading (talks to PostgreSQL): `balances`, `account_equity`, `load_equity`. Analysis
 (pure pandas): `analyze`, `drawdown`, `completeness`. Output: `render_*`, `plot_equity`
-(matplotlib, headless). Money is Decimal up to here; floats appear only for analysis.
+(matplotlib, headless). Money is Decimal from the database to every CSV and JSON output
+(sums exact, at any number of digits); floats appear only for ratios (returns,
+drawdowns) and plots. JSON carries money as JSON numbers with the stored digits, like
+`report balances`; CSV as plain decimals; tables for the eye round.
 
 Returns are changes of equity from one period to the next, not investment
 performance: a deposit shows as a gain and a withdrawal as a loss.
@@ -16,9 +19,10 @@ missing account is never read as a loss.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import MAX_PREC, Decimal, localcontext
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +94,7 @@ def render_balances(rows: list[dict[str, Any]], fmt: str) -> str | Table:
     if fmt == "json":
         return exactjson.dumps([{k: _jsonable(v) for k, v in r.items()} for r in rows])
     if fmt == "csv":
-        return pd.DataFrame(rows, columns=list(BALANCE_COLUMNS)).to_csv(
+        return _plain(pd.DataFrame(rows, columns=list(BALANCE_COLUMNS))).to_csv(
             index=False, date_format="%Y-%m-%dT%H:%M:%SZ"
         )
     slots = sorted({r["snapshot_ts"] for r in rows})
@@ -120,12 +124,28 @@ def _jsonable(value: Any) -> Any:
 
 
 def _amount(value: Decimal | None) -> str:
-    """For the eye only: grouped thousands, at most 8 decimals, no trailing zeros."""
+    """For the eye only: grouped thousands, at most 8 decimals, no trailing zeros.
+    Formatted, not quantized: quantize rounds to the context's 28 digits and raises past them."""
     if value is None:
         return ""
-    shown = value.quantize(Decimal("1e-8")) if value.as_tuple().exponent < -8 else value  # type: ignore[operator]
-    text = f"{shown:,f}"
+    text = f"{value:,.8f}" if value.as_tuple().exponent < -8 else f"{value:,f}"  # type: ignore[operator]
     return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def exact_sum(values: Iterable[Any]) -> Decimal | None:
+    """The sum of the Decimals among `values`, unrounded (the default context would round
+    to 28 significant digits); None if there is none."""
+    present = [v for v in values if v is not None and not pd.isna(v)]
+    if not present:
+        return None
+    with localcontext() as ctx:
+        ctx.prec = MAX_PREC
+        return sum(present, Decimal(0))
+
+
+def _plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """Decimals as plain digits for CSV (`0.00000001`, not `1E-8`); other cells untouched."""
+    return frame.map(lambda v: f"{v:f}" if isinstance(v, Decimal) else v)
 
 
 def _cell(value: Any) -> str:
@@ -143,7 +163,8 @@ def _cell(value: Any) -> str:
 class EquityInputs:
     """What the analysis needs, read from the database: all frames indexed by period start."""
 
-    equity: pd.DataFrame  # period x account label: last equity in the period (summed over account types)
+    equity: pd.DataFrame  # period x account label: last equity in the period (summed over account types), float
+    exact: pd.DataFrame  # the same as Decimal (None where absent): what the outputs print
     present: pd.DataFrame  # period x account label: True where the account reported
     accounts: pd.DataFrame  # label, source, first_seen_at, last_seen_at
     failures: pd.DataFrame  # source, slot: runs that were not ok
@@ -194,13 +215,16 @@ def load_equity(
         failures = _failures(conn, first, last)
     if values.empty:
         raise EtlError(_nothing(since, until, account))
-    equity, present = _wide(values, accounts)
+    exact, present = _wide(values, accounts)
     if freq:
-        equity, present = _resample(equity, present, freq)
+        exact, present = _resample(exact, present, freq)
     # Every period any source attempted, even one where no account reported: a gap is
     # shown (and flagged), not skipped.
-    equity, present = equity.reindex(periods), present.reindex(periods, fill_value=False)
-    return EquityInputs(equity, present, accounts, failures, freq, origin)
+    exact, present = exact.reindex(periods), present.reindex(periods, fill_value=False)
+    exact = exact.astype(object).where(exact.notna(), None)
+    # analysis only: Decimal -> float happens here, never on the way in or out
+    equity = exact.map(lambda v: np.nan if v is None else float(v)).astype(float)
+    return EquityInputs(equity, exact, present, accounts, failures, freq, origin)
 
 
 # where equity is read from -> the width of its buckets (None: the slots as loaded)
@@ -268,8 +292,7 @@ def _equity_rows(
     ).all()
     frame = pd.DataFrame(rows, columns=["period", "id", "equity", "rows"])
     frame["period"] = pd.to_datetime(frame["period"], utc=True)
-    # analysis only: Decimal -> float happens here, never on the way in
-    frame["equity"] = [float(v) if isinstance(v, Decimal) else np.nan for v in frame["equity"]]
+    frame["equity"] = frame["equity"].astype(object)
     return frame
 
 
@@ -389,33 +412,39 @@ def analyze(inputs: EquityInputs) -> EquityReport:
     flags = completeness(inputs)
     # An account silent over the range stays (an empty column) if it was expected in it.
     relevant = inputs.present.to_numpy().any(axis=0) | expected(inputs).any(axis=0)
-    equity = inputs.equity.loc[:, relevant]
-    total = equity.sum(axis=1, min_count=1)
+    equity, exact = inputs.equity.loc[:, relevant], inputs.exact.loc[:, relevant]
+    total = equity.sum(axis=1, min_count=1)  # for the ratios; the total printed is exact
+    exact_total = pd.Series([exact_sum(row) for row in exact.itertuples(index=False)], index=exact.index,
+                            dtype=object)
     complete = total[~flags.incomplete]
     under, _ = drawdown(complete)
-    periods = equity.copy()
-    periods[TOTAL] = total
+    periods = exact.copy()
+    periods[TOTAL] = exact_total
     periods["return"] = complete.pct_change(fill_method=None).reindex(total.index)
     base = complete.dropna()
     periods["cumulative_return"] = (complete / base.iloc[0] - 1).reindex(total.index) if len(base) else np.nan
     periods["drawdown"] = under.reindex(total.index)
     periods = periods.join(flags)
-    summary = pd.DataFrame([_summarize(equity[c], c) for c in equity.columns] + [_summarize(complete, TOTAL)])
+    summary = pd.DataFrame(
+        [_summarize(equity[c], exact[c], c) for c in equity.columns]
+        + [_summarize(complete, exact_total, TOTAL)]
+    )
     summary.loc[summary.account == TOTAL, "incomplete_periods"] = int(flags.incomplete.sum())
     return EquityReport(
         periods, summary.set_index("account"), list(equity.columns), inputs.freq, inputs.origin
     )
 
 
-def _summarize(series: pd.Series, name: str) -> dict[str, Any]:
+def _summarize(series: pd.Series, exact: pd.Series, name: str) -> dict[str, Any]:
+    """`series` (float) gives the ratios; `exact` the equities printed, at the same periods."""
     values = series.dropna()
     _, dd = drawdown(values)
     return {
         "account": name,
         "first_at": values.index[0] if len(values) else None,
         "last_at": values.index[-1] if len(values) else None,
-        "first_equity": values.iloc[0] if len(values) else np.nan,
-        "last_equity": values.iloc[-1] if len(values) else np.nan,
+        "first_equity": exact[values.index[0]] if len(values) else None,
+        "last_equity": exact[values.index[-1]] if len(values) else None,
         "cumulative_return": values.iloc[-1] / values.iloc[0] - 1
         if len(values) and values.iloc[0]
         else np.nan,
@@ -441,9 +470,9 @@ def describe_freq(freq: timedelta) -> str:
 
 
 def render_equity(report: EquityReport, fmt: str) -> str | list[Table]:
-    if fmt == "csv":
-        return report.periods.rename_axis("period").to_csv(
-            date_format="%Y-%m-%dT%H:%M:%SZ", float_format="%.6f"
+    if fmt == "csv":  # money: every stored digit; ratios: 10 significant digits
+        return _plain(report.periods).rename_axis("period").to_csv(
+            date_format="%Y-%m-%dT%H:%M:%SZ", float_format="%.10g"
         )
     if fmt == "json":
         return _equity_json(report)
@@ -452,10 +481,10 @@ def render_equity(report: EquityReport, fmt: str) -> str | list[Table]:
 
 def _equity_json(report: EquityReport) -> str:
     def records(frame: pd.DataFrame, index: str) -> list[dict[str, Any]]:
-        out = (
-            frame.rename_axis(index).reset_index().to_json(orient="records", date_format="iso", date_unit="s")
-        )
-        return list(exactjson.loads(out))
+        # not DataFrame.to_json: it writes every number through float
+        frame = frame.rename_axis(index).reset_index()
+        return [{k: _json_cell(v) for k, v in zip(frame.columns, row, strict=True)}
+                for row in frame.itertuples(index=False)]
 
     return exactjson.dumps(
         {
@@ -466,6 +495,20 @@ def _equity_json(report: EquityReport) -> str:
             "summary": records(report.summary, "account"),
         }
     )
+
+
+def _json_cell(value: Any) -> Any:
+    if isinstance(value, Decimal | str) or value is None:
+        return value
+    if value is pd.NaT:
+        return None
+    if isinstance(value, datetime):
+        return _jsonable(value)
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    return None if pd.isna(value) else float(value)
 
 
 def _when(report: EquityReport) -> str:

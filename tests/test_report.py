@@ -183,3 +183,36 @@ def test_times_are_iso_or_an_age():
     assert report.parse_time("2026-01-02 03:04") == at("2026-01-02T03:04:00")
     with pytest.raises(ValueError, match="ISO 8601"):
         report.parse_time("yesterday")
+
+
+def test_equity_csv_and_json_carry_the_stored_digits_and_exact_sums(engine, database_url, monkeypatch):
+    # 0.1 + 0.2 is 0.30000000000000004 in float; the 28-digit default context would round the second
+    long_a, long_b = "12282.88002680674743639045", "1.00000000000000000000000001"
+    load(engine, "a", T0, {"a": "0.1"})
+    load(engine, "b", T0, {"b": "0.2"})
+    load(engine, "a", _slot(1), {"a": long_a})
+    load(engine, "b", _slot(1), {"b": long_b})
+    monkeypatch.setenv("ETL_DATABASE_URL", database_url)
+    doc = json.loads(
+        runner.invoke(app, ["report", "equity", "--freq", "slot", "--format", "json"]).output,
+        parse_float=Decimal,
+    )
+    assert [p["total"] for p in doc["periods"]] == [Decimal("0.3"), Decimal("12283.88002680674743639045000001")]
+    assert doc["periods"][1]["a"] == Decimal(long_a)
+    assert doc["summary"][-1]["last_equity"] == Decimal("12283.88002680674743639045000001")
+    csv = runner.invoke(app, ["report", "equity", "--freq", "slot", "--format", "csv"]).output.splitlines()
+    assert csv[1].startswith("2026-03-02T10:00:00Z,0.1,0.2,0.3,")
+    assert csv[2].startswith(f"2026-03-02T10:20:00Z,{long_a},{long_b},12283.88002680674743639045000001,")
+
+
+def test_balances_show_every_digit_of_tiny_and_huge_amounts(engine, database_url, monkeypatch):
+    huge = "123456789012345678901234.123456789"  # 24 integer digits, 9 decimals
+    load(engine, "a", T0, {"a": "1"}, {"a": {"USDT": huge, "BTC": "0.00000001"}})
+    monkeypatch.setenv("ETL_DATABASE_URL", database_url)
+    csv = runner.invoke(app, ["report", "balances", "--format", "csv"]).output.splitlines()
+    assert csv[1].startswith("a,a,,futures,BTC,2026-03-02T10:00:00Z,0.00000001,")
+    assert csv[2].startswith(f"a,a,,futures,USDT,2026-03-02T10:00:00Z,{huge},")
+    assert report._amount(Decimal(huge)) == "123,456,789,012,345,678,901,234.12345679"
+    table = runner.invoke(app, ["report", "balances"], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    assert "123,456,789,012,345,678,901,234.12345679" in table.output
