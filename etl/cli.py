@@ -25,7 +25,7 @@ from etl import logs
 from etl.config import Settings, load_settings, parse_duration
 from etl.errors import ConfigError, EtlError
 from etl.pipeline import RunResult, client_for, poll, run_sources
-from etl.slots import floor_to_slot, parse_slot
+from etl.slots import floor_to_slot, parse_slot, refuse_future
 
 app = typer.Typer(
     help="balance ETL: polls crypto trading accounts and loads exact, idempotent snapshots into PostgreSQL.",
@@ -148,6 +148,8 @@ def run(
         raise ConfigError(f"{settings.path or 'config'}: no sources configured")
     try:
         fixed = parse_slot(slot) if slot else None
+        for s in sources if fixed else ():
+            refuse_future(fixed, _now(), settings.interval_of(s))  # type: ignore[arg-type]
     except ValueError as e:
         raise ConfigError(f"--slot: {e}") from None
     engine = _engine(settings)

@@ -151,3 +151,12 @@ def test_python_dash_m_etl_works():
     proc = subprocess.run([sys.executable, "-m", "etl", "--help"], capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).parent)
     assert proc.returncode == 0 and "demo" in proc.stdout
+
+
+def test_run_refuses_a_slot_more_than_one_interval_ahead(engine, bittap_config):
+    path, _ = bittap_config
+    bad = runner.invoke(app, ["run", "--once", "--config", str(path), "--slot", "2030-01-01T00:00:00Z"])
+    assert bad.exit_code == 2
+    assert bad.output.startswith("error: --slot: 2030-01-01T00:00:00Z is more than one interval (60s) ahead")
+    assert bad.output.count("\n") == 1
+    assert count(engine, "ingestion_runs") == 0
