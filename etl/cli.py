@@ -443,7 +443,7 @@ def replay(
 def prune(
     config: ConfigOption = None,
     older_than: Annotated[
-        str | None, typer.Option(help="Horizon, e.g. 90d (default: [retention] older_than, else 90d).")
+        str | None, typer.Option(help="Horizon, e.g. 90d (default: \\[retention] older_than, else 90d).")
     ] = None,
 ) -> None:
     """Retention: drop snapshot and raw-payload months older than the horizon; rollups are kept."""
@@ -466,6 +466,26 @@ def prune(
             soft_wrap=True,
         )
     out.print(report.summary(), highlight=False, soft_wrap=True)
+
+
+@app.command()
+@one_line_errors
+def forget(
+    slot: Annotated[str, typer.Option(help="The slot loaded by mistake (ISO 8601, UTC).")],
+    config: ConfigOption = None,
+    source: Annotated[
+        str | None, typer.Option("--source", "-s", help="Only this source's load (default: every source).")
+    ] = None,
+) -> None:
+    """Remove a slot loaded by mistake: its rows, run records, raw payloads and rollup effects, in one transaction."""
+    from etl.store.forget import forget as forget_slot
+
+    try:
+        moment = parse_slot(slot)
+    except ValueError as e:
+        raise ConfigError(f"--slot: {e}") from None
+    out.print(forget_slot(_engine(load_settings(config)), moment, source).summary(moment), highlight=False,
+              soft_wrap=True)
 
 
 @app.command()
