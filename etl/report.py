@@ -33,7 +33,7 @@ from sqlalchemy import Engine, text
 
 from etl import exactjson
 from etl.config import parse_duration
-from etl.errors import EtlError
+from etl.errors import ConfigError, EtlError
 
 FORMATS = ("table", "csv", "json")
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
@@ -87,7 +87,15 @@ def balances(engine: Engine, at: datetime | None = None, account: str | None = N
         "ORDER BY source, external_id, account_type, currency"
     )
     with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(query, {"at": at, "account": account})]
+        found = [dict(r._mapping) for r in conn.execute(query, {"at": at, "account": account})]
+        if account and not found and _accounts(conn, account).empty:
+            raise unknown_account(account)
+    return found
+
+
+def unknown_account(account: str) -> ConfigError:
+    """The one answer to a name that matches no account, whichever command was asked (exit 2)."""
+    return ConfigError(f"--account: unknown account {account!r} (not a source, external id or source/external_id)")
 
 
 def render_balances(rows: list[dict[str, Any]], fmt: str) -> str | Table:
@@ -200,6 +208,8 @@ def load_equity(
             ),
             {"since": since, "until": until},
         ).one()
+        if account and accounts.empty:
+            raise unknown_account(account)
         if first is None or accounts.empty:
             raise EtlError(_nothing(since, until, account))
         freq = auto_freq(last - first) if freq is None else freq

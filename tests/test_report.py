@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from etl import report
 from etl.cli import app
+from etl.errors import ConfigError
 from tests.helpers import rows
 from tests.store.builders import at, fail, load
 
@@ -118,7 +119,7 @@ def test_an_account_filter_keeps_that_account_only(engine):
     result = report.analyze(report.load_equity(engine, freq=timedelta(0), account="b"))
     assert result.accounts == ["b"]
     assert result.periods.incomplete.sum() == 2
-    with pytest.raises(Exception, match="no equity of account 'nobody'"):
+    with pytest.raises(ConfigError, match="unknown account 'nobody'"):
         report.load_equity(engine, account="nobody")
 
 
@@ -216,3 +217,17 @@ def test_balances_show_every_digit_of_tiny_and_huge_amounts(engine, database_url
     table = runner.invoke(app, ["report", "balances"], env={"COLUMNS": "200"})
     assert table.exit_code == 0, table.output
     assert "123,456,789,012,345,678,901,234.12345679" in table.output
+
+
+def test_an_unknown_name_is_the_same_one_line_and_exit_2_everywhere(engine, database_url, monkeypatch):
+    _desk(engine)
+    monkeypatch.setenv("ETL_DATABASE_URL", database_url)
+    for args in (["report", "balances", "--account", "nobody"], ["report", "equity", "--account", "nobody"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.output == "error: --account: unknown account 'nobody' (not a source, external id or " \
+                                "source/external_id)\n"
+    replay = runner.invoke(app, ["replay", "--source", "nonexistent"])
+    assert replay.exit_code == 2
+    assert replay.output == "error: --source: unknown source 'nonexistent' (neither configured nor loaded)\n"
+    assert runner.invoke(app, ["replay", "--source", "a"]).exit_code == 0  # loaded, though not configured
