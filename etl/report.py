@@ -198,6 +198,8 @@ def load_equity(
     """Per-account equity resampled to `freq` (None: chosen from the span), from the finest
     table that is needed: the hourly or daily rollup when `freq` is a whole number of
     hours or days, the slots otherwise."""
+    if since and until and since > until:
+        raise ConfigError(f"--since {since:%Y-%m-%d %H:%M}Z is after --until {until:%Y-%m-%d %H:%M}Z")
     with engine.connect() as conn:
         accounts = _accounts(conn, account)
         first, last = conn.execute(
@@ -212,7 +214,8 @@ def load_equity(
             raise unknown_account(account)
         if first is None or accounts.empty:
             raise EtlError(_nothing(since, until, account))
-        freq = auto_freq(last - first) if freq is None else freq
+        # the range asked for, not the slots still held: after a prune only the rollups cover it
+        freq = auto_freq((until or last) - (since or first)) if freq is None else freq
         origin = _origin(freq)
         values = _equity_rows(conn, origin, first, last, accounts)
         if freq:

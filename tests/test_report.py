@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pandas as pd
 import pytest
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from etl import report
@@ -231,3 +232,20 @@ def test_an_unknown_name_is_the_same_one_line_and_exit_2_everywhere(engine, data
     assert replay.exit_code == 2
     assert replay.output == "error: --source: unknown source 'nonexistent' (neither configured nor loaded)\n"
     assert runner.invoke(app, ["replay", "--source", "a"]).exit_code == 0  # loaded, though not configured
+
+
+def test_auto_frequency_follows_the_range_asked_for_and_an_inverted_range_is_refused(engine, database_url,
+                                                                                     monkeypatch):
+    from etl.store import rollups
+
+    _desk(engine)
+    rollups.close(engine, at("2026-03-04T00:00:00"))  # every bucket closed, then the fine rows gone (a prune)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM account_snapshots"))
+    result = report.analyze(report.load_equity(engine, since=at("2026-03-01T00:00:00"),
+                                               until=at("2026-03-31T00:00:00")))
+    assert result.origin == "account_equity_hourly" and list(result.periods.total)[-1] == 183
+    monkeypatch.setenv("ETL_DATABASE_URL", database_url)
+    inverted = runner.invoke(app, ["report", "equity", "--since", "2026-03-31", "--until", "2026-03-01"])
+    assert inverted.exit_code == 2
+    assert inverted.output == "error: --since 2026-03-31 00:00Z is after --until 2026-03-01 00:00Z\n"
