@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 import httpx
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
@@ -92,25 +93,21 @@ def _engine(settings: Settings, migrate_first: bool = True) -> Engine:
 
 
 def _summary(results: list[RunResult]) -> Table:
-    table = Table()
-    for column in (
-        "source",
-        "venue",
-        "slot",
-        "status",
-        "accounts",
-        "balances",
-        "positions",
-        "written",
-        "attempts",
-        "seconds",
-    ):
-        table.add_column(column)
+    """Narrow enough for 80 columns: the slot goes in the title when every source shares it."""
+    slots = {r.slot for r in results}
+    one = len(slots) == 1
+    table = Table(title=f"slot {min(slots):%Y-%m-%dT%H:%M:%SZ}" if one and slots else None)
+    table.add_column("source", overflow="fold", min_width=12)
+    table.add_column("venue", overflow="fold", min_width=6)
+    if not one:
+        table.add_column("slot", no_wrap=True)
+    for column in ("status", "accts", "bals", "pos", "rows", "tries", "secs"):
+        table.add_column(column, no_wrap=True, justify="left" if column == "status" else "right")
     for r in sorted(results, key=lambda r: r.source):
         table.add_row(
             r.source,
             r.venue,
-            r.slot.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            *([] if one else [r.slot.strftime("%Y-%m-%dT%H:%M:%SZ")]),
             "[green]ok" if r.status == "ok" else "[red]error",
             str(r.counts.get("accounts", "")),
             str(r.counts.get("balances", "")),
@@ -196,7 +193,9 @@ def check(config: ConfigOption = None) -> None:
     verdicts = asyncio.run(go())
     for name, error, counts in verdicts:
         if error:
-            err.print(f"{name}: FAILED {error}", markup=False, highlight=False, soft_wrap=True)
+            # the error names its source already: `name: FAILED name: ...` said it twice
+            err.print(f"{name}: FAILED {error.removeprefix(f'{name}: ')}", markup=False, highlight=False,
+                      soft_wrap=True)
         else:
             out.print(
                 f"{name}: ok ({counts['accounts']} accounts, {counts['balances']} balances, "
@@ -362,7 +361,22 @@ def _emit(rendered: Any) -> None:
         sys.stdout.write(rendered if rendered.endswith("\n") else rendered + "\n")
         return
     for table in rendered if isinstance(rendered, list) else [rendered]:
-        out.print(table)
+        out.print(table if Measurement.get(out, out.options.update(max_width=10_000), table).maximum <= out.width else _vertical(table))
+
+
+def _vertical(table: Table) -> Table:
+    """A table too wide for the terminal, one record per block of `column  value` lines:
+    rich would otherwise crop the numbers (no_wrap) to fit."""
+    shown = Table(title=table.title, caption=table.caption, show_header=False, box=None)
+    shown.add_column(style="bold", overflow="fold")
+    shown.add_column(overflow="fold")
+    columns = [(str(c.header) or "note", list(c.cells)) for c in table.columns]
+    for n in range(table.row_count):
+        for header, cells in columns:
+            if str(cells[n]):
+                shown.add_row(header, cells[n])
+        shown.add_row("", "")
+    return shown
 
 
 @report_app.command("balances")

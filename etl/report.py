@@ -546,7 +546,7 @@ def _periods_table(report: EquityReport) -> Table:
     table.add_column("period", no_wrap=True)
     for column in (*per_account, TOTAL, "return", "drawdown", "reporting"):
         table.add_column(column, justify="right", no_wrap=True)
-    table.add_column("")
+    table.add_column("note")
     for at, row in shown.iterrows():
         table.add_row(
             f"{at:{_when(report)}}",

@@ -249,3 +249,21 @@ def test_auto_frequency_follows_the_range_asked_for_and_an_inverted_range_is_ref
     inverted = runner.invoke(app, ["report", "equity", "--since", "2026-03-31", "--until", "2026-03-01"])
     assert inverted.exit_code == 2
     assert inverted.output == "error: --since 2026-03-31 00:00Z is after --until 2026-03-01 00:00Z\n"
+
+
+def test_tables_at_80_columns_never_crop_a_number(engine, database_url, monkeypatch):
+    from etl import cli
+
+    huge = "123456789012345678901234.12345678"
+    load(engine, "a-rather-long-source-name", T0, {"acct-1": "1"}, {"acct-1": {"USDT": huge}})
+    monkeypatch.setenv("ETL_DATABASE_URL", database_url)
+    monkeypatch.setattr(cli.out, "width", 80)
+    result = runner.invoke(app, ["report", "balances"])
+    assert result.exit_code == 0, result.output
+    assert "123,456,789,012,345,678,901,234.12345678" in result.output
+    assert "…" not in result.output and max(map(len, result.output.splitlines())) <= 80
+    equity = runner.invoke(app, ["report", "equity", "--freq", "slot"])
+    assert "…" not in equity.output and "a-rather-long-source-name/acct-1  1.00" in equity.output
+    monkeypatch.setattr(cli.out, "width", 200)
+    wide = runner.invoke(app, ["report", "equity", "--freq", "slot"])
+    assert "┃ note ┃" in wide.output  # the incomplete flag's column has a header
