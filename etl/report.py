@@ -593,64 +593,88 @@ def _percent(value: Any) -> str:
 
 
 def plot_equity(
-    wide: pd.DataFrame, path: Path, title: str = "Equity", incomplete: pd.Series | None = None
+    wide: pd.DataFrame,
+    path: Path,
+    title: str = "Equity",
+    incomplete: pd.Series | None = None,
+    currency: str = "USDT",
 ) -> None:
-    """Total equity with its drawdowns shaded, the drawdown curve, and each account's equity."""
+    """Total equity with its drawdowns shaded, the drawdown curve, and each account's change
+    in % from its first value (levels hide a 0.1 % move on a 0-450k axis). Incomplete
+    periods are shaded; a missing value is a gap in the line, an isolated one a dot."""
     wide = wide.dropna(axis=1, how="all")
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
     total = wide.sum(axis=1, min_count=1)
-    complete = total if incomplete is None else total[~incomplete.reindex(total.index, fill_value=False)]
+    flagged = (
+        pd.Series(False, index=total.index)
+        if incomplete is None
+        else incomplete.reindex(total.index, fill_value=False).astype(bool)
+    )
+    complete = total[~flagged]
     under, dd = drawdown(complete)
     peak = complete.dropna().cummax()
     fig, (top, middle, bottom) = plt.subplots(
         3, 1, figsize=(12, 8.5), sharex=True, height_ratios=[3, 1, 3], constrained_layout=True
     )
-    money = FuncFormatter(lambda v, _: f"{v:,.0f}")
-    # The line joins complete periods only: a dip from a missing account is a marker, not a fall.
-    top.plot(complete.index, complete.values, color="black", linewidth=1.8, label="total equity")
+    marker = {"marker": ".", "markersize": 4}  # a value between two gaps is still seen
+    top.plot(complete.index, complete.values, color="black", linewidth=1.8, label="total equity", **marker)
     top.fill_between(
         peak.index, peak.values, complete.dropna().values, color="tab:red", alpha=0.25, label="drawdown"
     )
-    if incomplete is not None and incomplete.any():
-        gaps = total[incomplete.reindex(total.index, fill_value=False)]
-        top.scatter(
-            gaps.index,
-            gaps.values,
-            color="tab:orange",
-            zorder=3,
-            s=18,
-            label="incomplete: accounts that reported",
-        )
+    for at in total.index[flagged.to_numpy()]:
+        for axis in (top, middle, bottom):
+            axis.axvspan(*_period_span(at, total.index), color="tab:orange", alpha=0.15, linewidth=0)
+    if flagged.any():  # shaded only: a partial total plotted would stretch the axis down to it
+        top.axvspan(total.index[0], total.index[0], color="tab:orange", alpha=0.15,
+                    label="incomplete period: an expected account did not report")
     top.set_title(
         f"{title}: total" + (f" (max drawdown {dd.max_drawdown:.2%})" if pd.notna(dd.max_drawdown) else "")
     )
-    top.yaxis.set_major_formatter(money)
+    top.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    top.set_ylabel(f"equity ({currency})")
     top.legend(loc="upper left", fontsize=8)
     middle.fill_between(under.index, under.values, 0, color="tab:red", alpha=0.5)
     middle.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2%}"))
     middle.set_ylabel("drawdown")
     drawn = _accounts_to_draw(wide)
     for column in drawn.columns:
-        bottom.plot(
-            drawn.index,
-            drawn[column].values,
-            label=column,
-            linewidth=1.1,
-            marker="." if len(drawn) < 30 else None,
-        )
-    bottom.set_title("per account")
-    bottom.yaxis.set_major_formatter(money)
+        series = drawn[column]
+        first = series.dropna()
+        base = first.iloc[0] if len(first) and first.iloc[0] else np.nan
+        bottom.plot(drawn.index, (series / base - 1).values, label=column, linewidth=1.1, **marker)
+    bottom.set_title("per account: change from its first value in the range")
+    bottom.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:+.2%}"))
+    bottom.set_ylabel("change")
     bottom.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    locator = mdates.AutoDateLocator(tz=UTC)
+    bottom.xaxis.set_major_locator(locator)
+    bottom.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=UTC))
+    bottom.set_xlabel("time (UTC)")
+    bottom.set_xlim(*_padded(total.index))
     for axis in (top, middle, bottom):
         axis.grid(alpha=0.3)
-    fig.autofmt_xdate()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _period_span(at: pd.Timestamp, index: pd.Index) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """A period's extent on the time axis: to the next period (or as wide as the one before)."""
+    n = index.get_loc(at)
+    step = index[n + 1] - at if n + 1 < len(index) else (at - index[n - 1] if n else pd.Timedelta(minutes=1))
+    return at, at + step
+
+
+def _padded(index: pd.Index) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The range shown: the periods and a margin; one slot gets an hour around it, not years."""
+    first, last = index.min(), index.max()
+    margin = max((last - first) * 0.02, pd.Timedelta(minutes=30) if first == last else pd.Timedelta(0))
+    return first - margin, last + margin
 
 
 def _accounts_to_draw(wide: pd.DataFrame, most: int = 10) -> pd.DataFrame:
