@@ -6,6 +6,7 @@ import json
 from datetime import timedelta
 from decimal import Decimal
 
+import numpy as np
 import pandas as pd
 import pytest
 from sqlalchemy import text
@@ -267,3 +268,13 @@ def test_tables_at_80_columns_never_crop_a_number(engine, database_url, monkeypa
     monkeypatch.setattr(cli.out, "width", 200)
     wide = runner.invoke(app, ["report", "equity", "--freq", "slot"])
     assert "┃ note ┃" in wide.output  # the incomplete flag's column has a header
+
+
+def test_a_one_slot_chart_spans_an_hour_not_years(tmp_path):
+    one = pd.DatetimeIndex([pd.Timestamp("2026-08-01T00:00:00Z")])
+    first, last = report._padded(one)
+    assert last - first == pd.Timedelta(hours=1)
+    hourly = pd.DataFrame({"a": [1.0, np.nan, 3.0, np.nan, 5.0]},
+                          index=pd.date_range("2026-08-01", periods=5, freq="h", tz="UTC"))
+    report.plot_equity(hourly, tmp_path / "gaps.png")  # lone values between gaps: drawn as dots
+    assert (tmp_path / "gaps.png").stat().st_size > 20_000
