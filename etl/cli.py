@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import httpx
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
@@ -25,7 +26,7 @@ from etl import logs
 from etl.config import Settings, check_for_daemon, load_settings, parse_duration
 from etl.errors import ConfigError, EtlError
 from etl.pipeline import RunResult, client_for, poll, run_sources
-from etl.slots import floor_to_slot, parse_slot
+from etl.slots import floor_to_slot, parse_slot, refuse_future
 
 app = typer.Typer(
     help="balance ETL: polls crypto trading accounts and loads exact, idempotent snapshots into PostgreSQL.",
@@ -96,25 +97,21 @@ def _engine(settings: Settings, schema: Literal["upgrade", "require", "any"] = "
 
 
 def _summary(results: list[RunResult]) -> Table:
-    table = Table()
-    for column in (
-        "source",
-        "venue",
-        "slot",
-        "status",
-        "accounts",
-        "balances",
-        "positions",
-        "written",
-        "attempts",
-        "seconds",
-    ):
-        table.add_column(column)
+    """Narrow enough for 80 columns: the slot goes in the title when every source shares it."""
+    slots = {r.slot for r in results}
+    one = len(slots) == 1
+    table = Table(title=f"slot {min(slots):%Y-%m-%dT%H:%M:%SZ}" if one and slots else None)
+    table.add_column("source", overflow="fold", min_width=12)
+    table.add_column("venue", overflow="fold", min_width=6)
+    if not one:
+        table.add_column("slot", no_wrap=True)
+    for column in ("status", "accts", "bals", "pos", "rows", "tries", "secs"):
+        table.add_column(column, no_wrap=True, justify="left" if column == "status" else "right")
     for r in sorted(results, key=lambda r: r.source):
         table.add_row(
             r.source,
             r.venue,
-            r.slot.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            *([] if one else [r.slot.strftime("%Y-%m-%dT%H:%M:%SZ")]),
             "[green]ok" if r.status == "ok" else "[red]error",
             str(r.counts.get("accounts", "")),
             str(r.counts.get("balances", "")),
@@ -152,6 +149,8 @@ def run(
         raise ConfigError(f"{settings.path or 'config'}: no sources configured")
     try:
         fixed = parse_slot(slot) if slot else None
+        for s in sources if fixed else ():
+            refuse_future(fixed, _now(), settings.interval_of(s))  # type: ignore[arg-type]
     except ValueError as e:
         raise ConfigError(f"--slot: {e}") from None
     engine = _engine(settings, schema="upgrade")
@@ -199,7 +198,9 @@ def check(config: ConfigOption = None) -> None:
     verdicts = asyncio.run(go())
     for name, error, counts in verdicts:
         if error:
-            err.print(f"{name}: FAILED {error}", markup=False, highlight=False, soft_wrap=True)
+            # the error names its source already: `name: FAILED name: ...` said it twice
+            err.print(f"{name}: FAILED {error.removeprefix(f'{name}: ')}", markup=False, highlight=False,
+                      soft_wrap=True)
         else:
             out.print(
                 f"{name}: ok ({counts['accounts']} accounts, {counts['balances']} balances, "
@@ -421,7 +422,22 @@ def _emit(rendered: Any) -> None:
         sys.stdout.write(rendered if rendered.endswith("\n") else rendered + "\n")
         return
     for table in rendered if isinstance(rendered, list) else [rendered]:
-        out.print(table)
+        out.print(table if Measurement.get(out, out.options.update(max_width=10_000), table).maximum <= out.width else _vertical(table))
+
+
+def _vertical(table: Table) -> Table:
+    """A table too wide for the terminal, one record per block of `column  value` lines:
+    rich would otherwise crop the numbers (no_wrap) to fit."""
+    shown = Table(title=table.title, caption=table.caption, show_header=False, box=None)
+    shown.add_column(style="bold", overflow="fold")
+    shown.add_column(overflow="fold")
+    columns = [(str(c.header) or "note", list(c.cells)) for c in table.columns]
+    for n in range(table.row_count):
+        for header, cells in columns:
+            if str(cells[n]):
+                shown.add_row(header, cells[n])
+        shown.add_row("", "")
+    return shown
 
 
 @report_app.command("balances")
@@ -502,7 +518,7 @@ def replay(
 def prune(
     config: ConfigOption = None,
     older_than: Annotated[
-        str | None, typer.Option(help="Horizon, e.g. 90d (default: [retention] older_than, else 90d).")
+        str | None, typer.Option(help="Horizon, e.g. 90d (default: \\[retention] older_than, else 90d).")
     ] = None,
 ) -> None:
     """Retention: drop snapshot and raw-payload months older than the horizon; rollups are kept."""
@@ -525,6 +541,26 @@ def prune(
             soft_wrap=True,
         )
     out.print(report.summary(), highlight=False, soft_wrap=True)
+
+
+@app.command()
+@one_line_errors
+def forget(
+    slot: Annotated[str, typer.Option(help="The slot loaded by mistake (ISO 8601, UTC).")],
+    config: ConfigOption = None,
+    source: Annotated[
+        str | None, typer.Option("--source", "-s", help="Only this source's load (default: every source).")
+    ] = None,
+) -> None:
+    """Remove a slot loaded by mistake: its rows, run records, raw payloads and rollup effects, in one transaction."""
+    from etl.store.forget import forget as forget_slot
+
+    try:
+        moment = parse_slot(slot)
+    except ValueError as e:
+        raise ConfigError(f"--slot: {e}") from None
+    out.print(forget_slot(_engine(load_settings(config)), moment, source).summary(moment), highlight=False,
+              soft_wrap=True)
 
 
 @app.command()

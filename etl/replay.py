@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine, text
 
 from etl import exactjson
 from etl.config import Settings
-from etl.errors import EtlError
+from etl.errors import ConfigError, EtlError
 from etl.records import Batch, RawResponse
 from etl.store import rollups
 from etl.store.load import load_slot
@@ -66,6 +66,9 @@ def replay(
     done: list[Replayed] = []
     with engine.connect() as reader:
         venues = _venues(reader, settings)
+        unknown = sorted(set(sources or ()) - set(venues) - _stored_sources(reader))
+        if unknown:
+            raise ConfigError(f"--source: unknown source {', '.join(map(repr, unknown))} (neither configured nor loaded)")
         for (source, slot), responses in _stored(reader, since, sources):
             outcome = _replay_one(engine, venues.get(source), source, slot, responses)
             done.append(outcome)
@@ -86,6 +89,10 @@ def _venues(conn: Connection, settings: Settings) -> dict[str, str]:
         source: name for source, name in conn.execute(text("SELECT DISTINCT source, venue FROM accounts"))
     }
     return {**known, **{s.name: s.venue for s in settings.sources}}
+
+
+def _stored_sources(conn: Connection) -> set[str]:
+    return set(conn.execute(text("SELECT DISTINCT source FROM ingestion_runs")).scalars())
 
 
 def _stored(

@@ -2,7 +2,10 @@
 
 Reading (talks to PostgreSQL): `balances`, `account_equity`, `load_equity`. Analysis
 (pure pandas): `analyze`, `drawdown`, `completeness`. Output: `render_*`, `plot_equity`
-(matplotlib, headless). Money is Decimal up to here; floats appear only for analysis.
+(matplotlib, headless). Money is Decimal from the database to every CSV and JSON output
+(sums exact, at any number of digits); floats appear only for ratios (returns,
+drawdowns) and plots. JSON carries money as JSON numbers with the stored digits, like
+`report balances`; CSV as plain decimals; tables for the eye round.
 
 Returns are changes of equity from one period to the next, not investment
 performance: a deposit shows as a gain and a withdrawal as a loss.
@@ -16,9 +19,10 @@ missing account is never read as a loss.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import MAX_PREC, Decimal, localcontext
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,7 @@ from sqlalchemy import Engine, text
 
 from etl import exactjson
 from etl.config import parse_duration
-from etl.errors import EtlError
+from etl.errors import ConfigError, EtlError
 
 FORMATS = ("table", "csv", "json")
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
@@ -83,14 +87,22 @@ def balances(engine: Engine, at: datetime | None = None, account: str | None = N
         "ORDER BY source, external_id, account_type, currency"
     )
     with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(query, {"at": at, "account": account})]
+        found = [dict(r._mapping) for r in conn.execute(query, {"at": at, "account": account})]
+        if account and not found and _accounts(conn, account).empty:
+            raise unknown_account(account)
+    return found
+
+
+def unknown_account(account: str) -> ConfigError:
+    """The one answer to a name that matches no account, whichever command was asked (exit 2)."""
+    return ConfigError(f"--account: unknown account {account!r} (not a source, external id or source/external_id)")
 
 
 def render_balances(rows: list[dict[str, Any]], fmt: str) -> str | Table:
     if fmt == "json":
         return exactjson.dumps([{k: _jsonable(v) for k, v in r.items()} for r in rows])
     if fmt == "csv":
-        return pd.DataFrame(rows, columns=list(BALANCE_COLUMNS)).to_csv(
+        return _plain(pd.DataFrame(rows, columns=list(BALANCE_COLUMNS))).to_csv(
             index=False, date_format="%Y-%m-%dT%H:%M:%SZ"
         )
     slots = sorted({r["snapshot_ts"] for r in rows})
@@ -120,12 +132,28 @@ def _jsonable(value: Any) -> Any:
 
 
 def _amount(value: Decimal | None) -> str:
-    """For the eye only: grouped thousands, at most 8 decimals, no trailing zeros."""
+    """For the eye only: grouped thousands, at most 8 decimals, no trailing zeros.
+    Formatted, not quantized: quantize rounds to the context's 28 digits and raises past them."""
     if value is None:
         return ""
-    shown = value.quantize(Decimal("1e-8")) if value.as_tuple().exponent < -8 else value  # type: ignore[operator]
-    text = f"{shown:,f}"
+    text = f"{value:,.8f}" if value.as_tuple().exponent < -8 else f"{value:,f}"  # type: ignore[operator]
     return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def exact_sum(values: Iterable[Any]) -> Decimal | None:
+    """The sum of the Decimals among `values`, unrounded (the default context would round
+    to 28 significant digits); None if there is none."""
+    present = [v for v in values if v is not None and not pd.isna(v)]
+    if not present:
+        return None
+    with localcontext() as ctx:
+        ctx.prec = MAX_PREC
+        return sum(present, Decimal(0))
+
+
+def _plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """Decimals as plain digits for CSV (`0.00000001`, not `1E-8`); other cells untouched."""
+    return frame.map(lambda v: f"{v:f}" if isinstance(v, Decimal) else v)
 
 
 def _cell(value: Any) -> str:
@@ -143,7 +171,8 @@ def _cell(value: Any) -> str:
 class EquityInputs:
     """What the analysis needs, read from the database: all frames indexed by period start."""
 
-    equity: pd.DataFrame  # period x account label: last equity in the period (summed over account types)
+    equity: pd.DataFrame  # period x account label: last equity in the period (summed over account types), float
+    exact: pd.DataFrame  # the same as Decimal (None where absent): what the outputs print
     present: pd.DataFrame  # period x account label: True where the account reported
     accounts: pd.DataFrame  # label, source, first_seen_at, last_seen_at
     failures: pd.DataFrame  # source, slot: runs that were not ok
@@ -169,6 +198,8 @@ def load_equity(
     """Per-account equity resampled to `freq` (None: chosen from the span), from the finest
     table that is needed: the hourly or daily rollup when `freq` is a whole number of
     hours or days, the slots otherwise."""
+    if since and until and since > until:
+        raise ConfigError(f"--since {since:%Y-%m-%d %H:%M}Z is after --until {until:%Y-%m-%d %H:%M}Z")
     with engine.connect() as conn:
         accounts = _accounts(conn, account)
         first, last = conn.execute(
@@ -179,9 +210,12 @@ def load_equity(
             ),
             {"since": since, "until": until},
         ).one()
+        if account and accounts.empty:
+            raise unknown_account(account)
         if first is None or accounts.empty:
             raise EtlError(_nothing(since, until, account))
-        freq = auto_freq(last - first) if freq is None else freq
+        # the range asked for, not the slots still held: after a prune only the rollups cover it
+        freq = auto_freq((until or last) - (since or first)) if freq is None else freq
         origin = _origin(freq)
         values = _equity_rows(conn, origin, first, last, accounts)
         if freq:
@@ -194,13 +228,16 @@ def load_equity(
         failures = _failures(conn, first, last)
     if values.empty:
         raise EtlError(_nothing(since, until, account))
-    equity, present = _wide(values, accounts)
+    exact, present = _wide(values, accounts)
     if freq:
-        equity, present = _resample(equity, present, freq)
+        exact, present = _resample(exact, present, freq)
     # Every period any source attempted, even one where no account reported: a gap is
     # shown (and flagged), not skipped.
-    equity, present = equity.reindex(periods), present.reindex(periods, fill_value=False)
-    return EquityInputs(equity, present, accounts, failures, freq, origin)
+    exact, present = exact.reindex(periods), present.reindex(periods, fill_value=False)
+    exact = exact.astype(object).where(exact.notna(), None)
+    # analysis only: Decimal -> float happens here, never on the way in or out
+    equity = exact.map(lambda v: np.nan if v is None else float(v)).astype(float)
+    return EquityInputs(equity, exact, present, accounts, failures, freq, origin)
 
 
 # where equity is read from -> the width of its buckets (None: the slots as loaded)
@@ -268,8 +305,7 @@ def _equity_rows(
     ).all()
     frame = pd.DataFrame(rows, columns=["period", "id", "equity", "rows"])
     frame["period"] = pd.to_datetime(frame["period"], utc=True)
-    # analysis only: Decimal -> float happens here, never on the way in
-    frame["equity"] = [float(v) if isinstance(v, Decimal) else np.nan for v in frame["equity"]]
+    frame["equity"] = frame["equity"].astype(object)
     return frame
 
 
@@ -389,33 +425,39 @@ def analyze(inputs: EquityInputs) -> EquityReport:
     flags = completeness(inputs)
     # An account silent over the range stays (an empty column) if it was expected in it.
     relevant = inputs.present.to_numpy().any(axis=0) | expected(inputs).any(axis=0)
-    equity = inputs.equity.loc[:, relevant]
-    total = equity.sum(axis=1, min_count=1)
+    equity, exact = inputs.equity.loc[:, relevant], inputs.exact.loc[:, relevant]
+    total = equity.sum(axis=1, min_count=1)  # for the ratios; the total printed is exact
+    exact_total = pd.Series([exact_sum(row) for row in exact.itertuples(index=False)], index=exact.index,
+                            dtype=object)
     complete = total[~flags.incomplete]
     under, _ = drawdown(complete)
-    periods = equity.copy()
-    periods[TOTAL] = total
+    periods = exact.copy()
+    periods[TOTAL] = exact_total
     periods["return"] = complete.pct_change(fill_method=None).reindex(total.index)
     base = complete.dropna()
     periods["cumulative_return"] = (complete / base.iloc[0] - 1).reindex(total.index) if len(base) else np.nan
     periods["drawdown"] = under.reindex(total.index)
     periods = periods.join(flags)
-    summary = pd.DataFrame([_summarize(equity[c], c) for c in equity.columns] + [_summarize(complete, TOTAL)])
+    summary = pd.DataFrame(
+        [_summarize(equity[c], exact[c], c) for c in equity.columns]
+        + [_summarize(complete, exact_total, TOTAL)]
+    )
     summary.loc[summary.account == TOTAL, "incomplete_periods"] = int(flags.incomplete.sum())
     return EquityReport(
         periods, summary.set_index("account"), list(equity.columns), inputs.freq, inputs.origin
     )
 
 
-def _summarize(series: pd.Series, name: str) -> dict[str, Any]:
+def _summarize(series: pd.Series, exact: pd.Series, name: str) -> dict[str, Any]:
+    """`series` (float) gives the ratios; `exact` the equities printed, at the same periods."""
     values = series.dropna()
     _, dd = drawdown(values)
     return {
         "account": name,
         "first_at": values.index[0] if len(values) else None,
         "last_at": values.index[-1] if len(values) else None,
-        "first_equity": values.iloc[0] if len(values) else np.nan,
-        "last_equity": values.iloc[-1] if len(values) else np.nan,
+        "first_equity": exact[values.index[0]] if len(values) else None,
+        "last_equity": exact[values.index[-1]] if len(values) else None,
         "cumulative_return": values.iloc[-1] / values.iloc[0] - 1
         if len(values) and values.iloc[0]
         else np.nan,
@@ -441,9 +483,9 @@ def describe_freq(freq: timedelta) -> str:
 
 
 def render_equity(report: EquityReport, fmt: str) -> str | list[Table]:
-    if fmt == "csv":
-        return report.periods.rename_axis("period").to_csv(
-            date_format="%Y-%m-%dT%H:%M:%SZ", float_format="%.6f"
+    if fmt == "csv":  # money: every stored digit; ratios: 10 significant digits
+        return _plain(report.periods).rename_axis("period").to_csv(
+            date_format="%Y-%m-%dT%H:%M:%SZ", float_format="%.10g"
         )
     if fmt == "json":
         return _equity_json(report)
@@ -452,10 +494,10 @@ def render_equity(report: EquityReport, fmt: str) -> str | list[Table]:
 
 def _equity_json(report: EquityReport) -> str:
     def records(frame: pd.DataFrame, index: str) -> list[dict[str, Any]]:
-        out = (
-            frame.rename_axis(index).reset_index().to_json(orient="records", date_format="iso", date_unit="s")
-        )
-        return list(exactjson.loads(out))
+        # not DataFrame.to_json: it writes every number through float
+        frame = frame.rename_axis(index).reset_index()
+        return [{k: _json_cell(v) for k, v in zip(frame.columns, row, strict=True)}
+                for row in frame.itertuples(index=False)]
 
     return exactjson.dumps(
         {
@@ -466,6 +508,20 @@ def _equity_json(report: EquityReport) -> str:
             "summary": records(report.summary, "account"),
         }
     )
+
+
+def _json_cell(value: Any) -> Any:
+    if isinstance(value, Decimal | str) or value is None:
+        return value
+    if value is pd.NaT:
+        return None
+    if isinstance(value, datetime):
+        return _jsonable(value)
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    return None if pd.isna(value) else float(value)
 
 
 def _when(report: EquityReport) -> str:
@@ -490,7 +546,7 @@ def _periods_table(report: EquityReport) -> Table:
     table.add_column("period", no_wrap=True)
     for column in (*per_account, TOTAL, "return", "drawdown", "reporting"):
         table.add_column(column, justify="right", no_wrap=True)
-    table.add_column("")
+    table.add_column("note")
     for at, row in shown.iterrows():
         table.add_row(
             f"{at:{_when(report)}}",
@@ -537,64 +593,88 @@ def _percent(value: Any) -> str:
 
 
 def plot_equity(
-    wide: pd.DataFrame, path: Path, title: str = "Equity", incomplete: pd.Series | None = None
+    wide: pd.DataFrame,
+    path: Path,
+    title: str = "Equity",
+    incomplete: pd.Series | None = None,
+    currency: str = "USDT",
 ) -> None:
-    """Total equity with its drawdowns shaded, the drawdown curve, and each account's equity."""
+    """Total equity with its drawdowns shaded, the drawdown curve, and each account's change
+    in % from its first value (levels hide a 0.1 % move on a 0-450k axis). Incomplete
+    periods are shaded; a missing value is a gap in the line, an isolated one a dot."""
     wide = wide.dropna(axis=1, how="all")
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
     total = wide.sum(axis=1, min_count=1)
-    complete = total if incomplete is None else total[~incomplete.reindex(total.index, fill_value=False)]
+    flagged = (
+        pd.Series(False, index=total.index)
+        if incomplete is None
+        else incomplete.reindex(total.index, fill_value=False).astype(bool)
+    )
+    complete = total[~flagged]
     under, dd = drawdown(complete)
     peak = complete.dropna().cummax()
     fig, (top, middle, bottom) = plt.subplots(
         3, 1, figsize=(12, 8.5), sharex=True, height_ratios=[3, 1, 3], constrained_layout=True
     )
-    money = FuncFormatter(lambda v, _: f"{v:,.0f}")
-    # The line joins complete periods only: a dip from a missing account is a marker, not a fall.
-    top.plot(complete.index, complete.values, color="black", linewidth=1.8, label="total equity")
+    marker = {"marker": ".", "markersize": 4}  # a value between two gaps is still seen
+    top.plot(complete.index, complete.values, color="black", linewidth=1.8, label="total equity", **marker)
     top.fill_between(
         peak.index, peak.values, complete.dropna().values, color="tab:red", alpha=0.25, label="drawdown"
     )
-    if incomplete is not None and incomplete.any():
-        gaps = total[incomplete.reindex(total.index, fill_value=False)]
-        top.scatter(
-            gaps.index,
-            gaps.values,
-            color="tab:orange",
-            zorder=3,
-            s=18,
-            label="incomplete: accounts that reported",
-        )
+    for at in total.index[flagged.to_numpy()]:
+        for axis in (top, middle, bottom):
+            axis.axvspan(*_period_span(at, total.index), color="tab:orange", alpha=0.15, linewidth=0)
+    if flagged.any():  # shaded only: a partial total plotted would stretch the axis down to it
+        top.axvspan(total.index[0], total.index[0], color="tab:orange", alpha=0.15,
+                    label="incomplete period: an expected account did not report")
     top.set_title(
         f"{title}: total" + (f" (max drawdown {dd.max_drawdown:.2%})" if pd.notna(dd.max_drawdown) else "")
     )
-    top.yaxis.set_major_formatter(money)
+    top.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    top.set_ylabel(f"equity ({currency})")
     top.legend(loc="upper left", fontsize=8)
     middle.fill_between(under.index, under.values, 0, color="tab:red", alpha=0.5)
     middle.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2%}"))
     middle.set_ylabel("drawdown")
     drawn = _accounts_to_draw(wide)
     for column in drawn.columns:
-        bottom.plot(
-            drawn.index,
-            drawn[column].values,
-            label=column,
-            linewidth=1.1,
-            marker="." if len(drawn) < 30 else None,
-        )
-    bottom.set_title("per account")
-    bottom.yaxis.set_major_formatter(money)
+        series = drawn[column]
+        first = series.dropna()
+        base = first.iloc[0] if len(first) and first.iloc[0] else np.nan
+        bottom.plot(drawn.index, (series / base - 1).values, label=column, linewidth=1.1, **marker)
+    bottom.set_title("per account: change from its first value in the range")
+    bottom.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:+.2%}"))
+    bottom.set_ylabel("change")
     bottom.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    locator = mdates.AutoDateLocator(tz=UTC)
+    bottom.xaxis.set_major_locator(locator)
+    bottom.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=UTC))
+    bottom.set_xlabel("time (UTC)")
+    bottom.set_xlim(*_padded(total.index))
     for axis in (top, middle, bottom):
         axis.grid(alpha=0.3)
-    fig.autofmt_xdate()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _period_span(at: pd.Timestamp, index: pd.Index) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """A period's extent on the time axis: to the next period (or as wide as the one before)."""
+    n = index.get_loc(at)
+    step = index[n + 1] - at if n + 1 < len(index) else (at - index[n - 1] if n else pd.Timedelta(minutes=1))
+    return at, at + step
+
+
+def _padded(index: pd.Index) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The range shown: the periods and a margin; one slot gets an hour around it, not years."""
+    first, last = index.min(), index.max()
+    margin = max((last - first) * 0.02, pd.Timedelta(minutes=30) if first == last else pd.Timedelta(0))
+    return first - margin, last + margin
 
 
 def _accounts_to_draw(wide: pd.DataFrame, most: int = 10) -> pd.DataFrame:

@@ -27,3 +27,13 @@ def parse_slot(text: str) -> datetime:
     except ValueError:
         raise ValueError(f"expected an ISO 8601 time like 2026-01-01T00:00:00Z, got {text!r}") from None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def refuse_future(slot: datetime, now: datetime, interval: timedelta) -> None:
+    """A slot more than one interval ahead of now is a typo, not a schedule: loaded, it
+    would stand as the latest balances and push the rollup watermarks years ahead."""
+    if slot - now > interval:
+        raise ValueError(
+            f"{slot:%Y-%m-%dT%H:%M:%SZ} is more than one interval ({interval.total_seconds():g}s) "
+            f"ahead of now ({now:%Y-%m-%dT%H:%M:%SZ})"
+        )

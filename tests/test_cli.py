@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,7 @@ def test_check_tries_each_source_without_writing(engine, bittap_config):
     result = runner.invoke(app, ["check", "--config", str(path)])
     assert result.exit_code == 1
     assert "FAILED" in result.output and "code 410001: Invalid API key" in result.output
+    assert not re.search(r"(\w+): FAILED \1:", result.output)  # the source is named once
     assert ": ok (1 accounts, 1 balances" in result.output
     assert count(engine, "ingestion_runs") == 0 and count(engine, "accounts") == 0
 
@@ -151,3 +153,23 @@ def test_python_dash_m_etl_works():
     proc = subprocess.run([sys.executable, "-m", "etl", "--help"], capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).parent)
     assert proc.returncode == 0 and "demo" in proc.stdout
+
+
+def test_run_refuses_a_slot_more_than_one_interval_ahead(engine, bittap_config):
+    path, _ = bittap_config
+    bad = runner.invoke(app, ["run", "--once", "--config", str(path), "--slot", "2030-01-01T00:00:00Z"])
+    assert bad.exit_code == 2
+    assert bad.output.startswith("error: --slot: 2030-01-01T00:00:00Z is more than one interval (60s) ahead")
+    assert bad.output.count("\n") == 1
+    assert count(engine, "ingestion_runs") == 0
+
+
+def test_the_run_summary_fits_80_columns_uncropped(engine, bittap_config, monkeypatch):
+    from etl import cli
+
+    path, _ = bittap_config
+    monkeypatch.setattr(cli.out, "width", 80)
+    result = runner.invoke(app, ["run", "--once", "--config", str(path), "--slot", "2026-01-01T00:00:00Z"])
+    assert result.exit_code == 0, result.output
+    assert "slot 2026-01-01T00:00:00Z" in result.output and "…" not in result.output
+    assert "seed" in result.output and "live" in result.output

@@ -6,12 +6,15 @@ import json
 from datetime import timedelta
 from decimal import Decimal
 
+import numpy as np
 import pandas as pd
 import pytest
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from etl import report
 from etl.cli import app
+from etl.errors import ConfigError
 from tests.helpers import rows
 from tests.store.builders import at, fail, load
 
@@ -118,7 +121,7 @@ def test_an_account_filter_keeps_that_account_only(engine):
     result = report.analyze(report.load_equity(engine, freq=timedelta(0), account="b"))
     assert result.accounts == ["b"]
     assert result.periods.incomplete.sum() == 2
-    with pytest.raises(Exception, match="no equity of account 'nobody'"):
+    with pytest.raises(ConfigError, match="unknown account 'nobody'"):
         report.load_equity(engine, account="nobody")
 
 
@@ -183,3 +186,95 @@ def test_times_are_iso_or_an_age():
     assert report.parse_time("2026-01-02 03:04") == at("2026-01-02T03:04:00")
     with pytest.raises(ValueError, match="ISO 8601"):
         report.parse_time("yesterday")
+
+
+def test_equity_csv_and_json_carry_the_stored_digits_and_exact_sums(engine, database_url, monkeypatch):
+    # 0.1 + 0.2 is 0.30000000000000004 in float; the 28-digit default context would round the second
+    long_a, long_b = "12282.88002680674743639045", "1.00000000000000000000000001"
+    load(engine, "a", T0, {"a": "0.1"})
+    load(engine, "b", T0, {"b": "0.2"})
+    load(engine, "a", _slot(1), {"a": long_a})
+    load(engine, "b", _slot(1), {"b": long_b})
+    monkeypatch.setenv("ETL_DATABASE_URL", database_url)
+    doc = json.loads(
+        runner.invoke(app, ["report", "equity", "--freq", "slot", "--format", "json"]).output,
+        parse_float=Decimal,
+    )
+    assert [p["total"] for p in doc["periods"]] == [Decimal("0.3"), Decimal("12283.88002680674743639045000001")]
+    assert doc["periods"][1]["a"] == Decimal(long_a)
+    assert doc["summary"][-1]["last_equity"] == Decimal("12283.88002680674743639045000001")
+    csv = runner.invoke(app, ["report", "equity", "--freq", "slot", "--format", "csv"]).output.splitlines()
+    assert csv[1].startswith("2026-03-02T10:00:00Z,0.1,0.2,0.3,")
+    assert csv[2].startswith(f"2026-03-02T10:20:00Z,{long_a},{long_b},12283.88002680674743639045000001,")
+
+
+def test_balances_show_every_digit_of_tiny_and_huge_amounts(engine, database_url, monkeypatch):
+    huge = "123456789012345678901234.123456789"  # 24 integer digits, 9 decimals
+    load(engine, "a", T0, {"a": "1"}, {"a": {"USDT": huge, "BTC": "0.00000001"}})
+    monkeypatch.setenv("ETL_DATABASE_URL", database_url)
+    csv = runner.invoke(app, ["report", "balances", "--format", "csv"]).output.splitlines()
+    assert csv[1].startswith("a,a,,futures,BTC,2026-03-02T10:00:00Z,0.00000001,")
+    assert csv[2].startswith(f"a,a,,futures,USDT,2026-03-02T10:00:00Z,{huge},")
+    assert report._amount(Decimal(huge)) == "123,456,789,012,345,678,901,234.12345679"
+    table = runner.invoke(app, ["report", "balances"], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    assert "123,456,789,012,345,678,901,234.12345679" in table.output
+
+
+def test_an_unknown_name_is_the_same_one_line_and_exit_2_everywhere(engine, database_url, monkeypatch):
+    _desk(engine)
+    monkeypatch.setenv("ETL_DATABASE_URL", database_url)
+    for args in (["report", "balances", "--account", "nobody"], ["report", "equity", "--account", "nobody"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.output == "error: --account: unknown account 'nobody' (not a source, external id or " \
+                                "source/external_id)\n"
+    replay = runner.invoke(app, ["replay", "--source", "nonexistent"])
+    assert replay.exit_code == 2
+    assert replay.output == "error: --source: unknown source 'nonexistent' (neither configured nor loaded)\n"
+    assert runner.invoke(app, ["replay", "--source", "a"]).exit_code == 0  # loaded, though not configured
+
+
+def test_auto_frequency_follows_the_range_asked_for_and_an_inverted_range_is_refused(engine, database_url,
+                                                                                     monkeypatch):
+    from etl.store import rollups
+
+    _desk(engine)
+    rollups.close(engine, at("2026-03-04T00:00:00"))  # every bucket closed, then the fine rows gone (a prune)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM account_snapshots"))
+    result = report.analyze(report.load_equity(engine, since=at("2026-03-01T00:00:00"),
+                                               until=at("2026-03-31T00:00:00")))
+    assert result.origin == "account_equity_hourly" and list(result.periods.total)[-1] == 183
+    monkeypatch.setenv("ETL_DATABASE_URL", database_url)
+    inverted = runner.invoke(app, ["report", "equity", "--since", "2026-03-31", "--until", "2026-03-01"])
+    assert inverted.exit_code == 2
+    assert inverted.output == "error: --since 2026-03-31 00:00Z is after --until 2026-03-01 00:00Z\n"
+
+
+def test_tables_at_80_columns_never_crop_a_number(engine, database_url, monkeypatch):
+    from etl import cli
+
+    huge = "123456789012345678901234.12345678"
+    load(engine, "a-rather-long-source-name", T0, {"acct-1": "1"}, {"acct-1": {"USDT": huge}})
+    monkeypatch.setenv("ETL_DATABASE_URL", database_url)
+    monkeypatch.setattr(cli.out, "width", 80)
+    result = runner.invoke(app, ["report", "balances"])
+    assert result.exit_code == 0, result.output
+    assert "123,456,789,012,345,678,901,234.12345678" in result.output
+    assert "…" not in result.output and max(map(len, result.output.splitlines())) <= 80
+    equity = runner.invoke(app, ["report", "equity", "--freq", "slot"])
+    assert "…" not in equity.output and "a-rather-long-source-name/acct-1  1.00" in equity.output
+    monkeypatch.setattr(cli.out, "width", 200)
+    wide = runner.invoke(app, ["report", "equity", "--freq", "slot"])
+    assert "┃ note ┃" in wide.output  # the incomplete flag's column has a header
+
+
+def test_a_one_slot_chart_spans_an_hour_not_years(tmp_path):
+    one = pd.DatetimeIndex([pd.Timestamp("2026-08-01T00:00:00Z")])
+    first, last = report._padded(one)
+    assert last - first == pd.Timedelta(hours=1)
+    hourly = pd.DataFrame({"a": [1.0, np.nan, 3.0, np.nan, 5.0]},
+                          index=pd.date_range("2026-08-01", periods=5, freq="h", tz="UTC"))
+    report.plot_equity(hourly, tmp_path / "gaps.png")  # lone values between gaps: drawn as dots
+    assert (tmp_path / "gaps.png").stat().st_size > 20_000
