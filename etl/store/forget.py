@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine, text
 
 from etl.errors import ConfigError
-from etl.store import partitions, rollups
+from etl.store import locks, partitions, rollups
 from etl.store.schema import ROLLUPS, SNAPSHOT_TABLES
 
 
@@ -36,7 +36,7 @@ class Forgotten:
 
 def forget(engine: Engine, slot: datetime, source: str | None = None) -> Forgotten:
     with engine.begin() as conn:
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": rollups.LOCK_KEY})
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": locks.ROLLUPS})
         where = "snapshot_ts = :slot AND (CAST(:source AS text) IS NULL OR source = :source)"
         params = {"slot": slot, "source": source}
         runs = conn.execute(text(f"DELETE FROM ingestion_runs WHERE {where} RETURNING source"), params)
