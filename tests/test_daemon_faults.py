@@ -73,7 +73,8 @@ def inside(daemon: Daemon, work: Callable[[], Awaitable[Any]]) -> Any:
     return asyncio.run(go())
 
 
-async def until(condition: Callable[[], bool], seconds: float = 8.0) -> None:
+async def until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
+    """A wait, not a speed check: long enough for a loaded CI machine."""
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, "timed out"
