@@ -23,13 +23,13 @@ import math
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from etl import exactjson
@@ -39,13 +39,34 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 @dataclass
 class Fault:
-    """One injected answer instead of the real one; `delay` longer than the client's timeout = a timeout."""
+    """One injected answer instead of the real one; `delay` longer than the client's timeout = a timeout.
+
+    `repeat` sends the body that many times over, streamed (a huge answer that costs the
+    simulator one copy); `drip` waits that long before each byte (a venue at a trickle,
+    which no per-read timeout ever trips)."""
 
     status: int = 500
     body: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     content_type: str = "text/html"
+    repeat: int = 1
+    drip: float = 0.0
+
+    def response(self) -> Response:
+        if self.repeat == 1 and not self.drip:
+            return Response(self.body, self.status, self.headers, media_type=self.content_type)
+        return StreamingResponse(self._stream(), self.status, self.headers, media_type=self.content_type)
+
+    async def _stream(self) -> AsyncIterator[bytes]:
+        chunk = self.body.encode()
+        for _ in range(self.repeat):
+            if not self.drip:
+                yield chunk
+                continue
+            for i in range(len(chunk)):
+                await asyncio.sleep(self.drip)
+                yield chunk[i : i + 1]
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -123,12 +144,7 @@ class Simulator:
                 fault = self.faults.popleft()
                 if fault.delay:
                     await asyncio.sleep(fault.delay)
-                return Response(
-                    fault.body,
-                    status_code=fault.status,
-                    headers=fault.headers,
-                    media_type=fault.content_type,
-                )
+                return fault.response()
             response: Response = await handler(request)
             return response
 
