@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,13 @@ def test_python_dash_m_etl_works():
     proc = subprocess.run([sys.executable, "-m", "etl", "--help"], capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).parent)
     assert proc.returncode == 0 and "demo" in proc.stdout
+
+
+@pytest.mark.parametrize("command", [["run", "--once"], ["check"]])
+def test_a_dripping_venue_cannot_hold_a_command_past_its_deadline(engine, bittap_config, command):
+    path, sim = bittap_config
+    sim.fail_next(*[Fault(200, "{" * 1000, content_type="application/json", drip=0.05)] * 20)
+    t0 = time.monotonic()
+    result = runner.invoke(app, [*command, "--config", str(path), "--deadline", "2s"])
+    assert result.exit_code == 1 and time.monotonic() - t0 < 5
+    assert "no answer before the deadline" in result.output

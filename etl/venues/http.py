@@ -321,7 +321,7 @@ def _location(response: httpx.Response) -> str:
         url = response.url.join(target)
     except httpx.InvalidURL:
         return "(an invalid Location)"
-    return _CONTROL.sub("", f"{url.scheme}://{url.host}{url.path}")
+    return _CONTROL.sub("", f"{url.scheme}://{url.netloc.decode('ascii', 'replace').rpartition('@')[2]}{url.path}")
 
 
 def _size(n: int) -> str:
