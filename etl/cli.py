@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
@@ -23,9 +24,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from etl import logs
-from etl.config import Settings, check_for_daemon, load_settings, parse_duration
+from etl.config import Settings, SourceConfig, check_for_daemon, load_settings, parse_duration
 from etl.errors import ConfigError, EtlError
-from etl.pipeline import RunResult, client_for, poll, run_sources
+from etl.pipeline import RunResult, client_for, command_deadline, poll, run_sources
 from etl.slots import floor_to_slot, parse_slot, refuse_future
 
 app = typer.Typer(
@@ -41,6 +42,14 @@ out = Console()
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
+DeadlineOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Stop polling after this long, e.g. 45s; sources without an answer by then fail "
+        "(default: [schedule] deadline, else 3/4 of the shortest interval).",
+        show_default=False,
+    ),
+]
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
@@ -138,8 +147,10 @@ def run(
         str | None,
         typer.Option(help="Load as this slot (ISO 8601, UTC), e.g. 2026-01-01T00:00:00Z."),
     ] = None,
+    deadline: DeadlineOption = None,
 ) -> None:
     """Poll the sources once, load, and print a per-source summary. Exit 1 if any source failed."""
+    started = time.monotonic()
     if not once:
         raise ConfigError("etl run polls once and needs --once; for scheduled polling use `etl daemon`")
     logs.setup()
@@ -153,12 +164,13 @@ def run(
             refuse_future(fixed, _now(), settings.interval_of(s))  # type: ignore[arg-type]
     except ValueError as e:
         raise ConfigError(f"--slot: {e}") from None
+    ends = started + _deadline(deadline, settings, sources)
     engine = _engine(settings, schema="upgrade")
     slot_of = {s.name: floor_to_slot(fixed or _now(), settings.interval_of(s)) for s in sources}
 
     async def go() -> list[RunResult]:
         async with httpx.AsyncClient() as client:
-            return await run_sources(settings, sources, slot_of, engine, client)
+            return await run_sources(settings, sources, slot_of, engine, client, deadline=ends)
 
     results = asyncio.run(go())
     out.print(_summary(results))
@@ -172,13 +184,24 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _deadline(option: str | None, settings: Settings, sources: list[SourceConfig]) -> float:
+    """Seconds the command may poll: --deadline, else the config's or the default one."""
+    try:
+        chosen = parse_duration(option) if option else command_deadline(settings, sources)
+    except ValueError as e:
+        raise ConfigError(f"--deadline: {e}") from None
+    return chosen.total_seconds()
+
+
 @app.command()
 @one_line_errors
-def check(config: ConfigOption = None) -> None:
+def check(config: ConfigOption = None, deadline: DeadlineOption = None) -> None:
     """Validate the config and try each source once, without writing anything."""
+    started = time.monotonic()
     logs.setup()
     settings = load_settings(config)
     check_for_daemon(settings)
+    ends = started + _deadline(deadline, settings, settings.sources)
     out.print(f"config {settings.path or '(none)'}: ok, {len(settings.sources)} source(s)")
 
     async def go() -> list[tuple[str, str | None, dict[str, int]]]:
@@ -188,7 +211,7 @@ def check(config: ConfigOption = None) -> None:
                     poll(
                         s,
                         floor_to_slot(_now(), settings.interval_of(s)),
-                        client_for(s, client, settings),
+                        client_for(s, client, settings, deadline=ends),
                     )
                     for s in settings.sources
                 )

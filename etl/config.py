@@ -170,9 +170,29 @@ def redact_url(url: str) -> str:
     return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
 
 
+_SIZE_UNITS = {"B": 1, "kB": 10**3, "KiB": 2**10, "MB": 10**6, "MiB": 2**20, "GB": 10**9, "GiB": 2**30}
+_SIZE = re.compile(r"^\s*(\d{1,10})\s*(B|kB|KiB|MB|MiB|GB|GiB)\s*$")
+MAX_BODY_LIMIT = 2**30  # a larger cap is no cap: parsing that much costs gigabytes
+
+
+def parse_size(text: Any) -> int:
+    """'32MiB', '500kB', '1GiB' -> bytes, from 1 KiB to 1 GiB; anything else is a ValueError."""
+    match = _SIZE.match(text) if isinstance(text, str) else None
+    if not match:
+        raise ValueError(f"expected a size like '32MiB', '500kB' or '1GiB', got {text!r}")
+    size = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    if not 2**10 <= size <= MAX_BODY_LIMIT:
+        raise ValueError(f"a size must be from 1KiB to 1GiB, got {text!r}")
+    return size
+
+
 class ScheduleConfig(_Model):
     interval: Interval = timedelta(seconds=60)
-    timeout: Timeout = timedelta(seconds=10)
+    timeout: Timeout = timedelta(seconds=10)  # per HTTP request, the whole exchange
+    # `etl run --once` and `etl check` end by then; None: three quarters of the shortest
+    # interval polled, so a cron job every interval never overlaps itself.
+    deadline: Duration | None = None
+    max_body: Annotated[int, BeforeValidator(parse_size)] = 16 * 2**20  # bytes per response
 
 
 class RetentionConfig(_Model):

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -74,6 +74,18 @@ def scrub(message: str, source: SourceConfig) -> str:
     return message
 
 
+COMMAND_SHARE = 0.75  # of the shortest interval: a one-shot command's default deadline
+
+
+def command_deadline(settings: Settings, sources: Sequence[SourceConfig]) -> timedelta:
+    """How long `etl run --once` and `etl check` may poll: `[schedule] deadline`, else three
+    quarters of the shortest interval polled, so a cron job every interval never overlaps
+    itself (the last quarter is for the loads)."""
+    if settings.schedule.deadline is not None:
+        return settings.schedule.deadline
+    return min((settings.interval_of(s) for s in sources), default=settings.schedule.interval) * COMMAND_SHARE
+
+
 def client_for(
     source: SourceConfig,
     client: httpx.AsyncClient,
@@ -92,6 +104,8 @@ def client_for(
         timeout=settings.schedule.timeout.total_seconds(),
         limiter=limiter,
         deadline=deadline,
+        max_body=settings.schedule.max_body,
+        secrets=[s.reveal() for s in (source.api_key, source.api_secret) if s is not None],
         **backoff,
     )
 
@@ -101,12 +115,12 @@ async def poll(source: SourceConfig, slot: datetime, http: VenueClient) -> Polle
     module = venue(source.venue)
     batch, error, fault = None, None, None
     try:
-        # The client's deadline (the daemon's slot budget) also bounds a request in flight.
+        # The client's deadline (the slot's or the command's) also bounds a request in flight.
         async with asyncio.timeout_at(http.deadline):
             responses = await module.fetch(http, source)
         batch = module.normalize(source.name, responses)
     except TimeoutError:
-        error = f"{source.name}: no answer before the slot's deadline (after {http.attempts} attempt(s))"
+        error = f"{source.name}: no answer before the deadline (after {http.attempts} attempt(s))"
         fault = Fault.VENUE_TRANSIENT
     except EtlError as err:
         error, fault = f"{source.name}: {err}", classify(err)
@@ -248,12 +262,15 @@ async def run_sources(
     slot_of: dict[str, datetime],
     engine: Engine,
     client: httpx.AsyncClient,
+    deadline: float | None = None,
 ) -> list[RunResult]:
-    """Poll the sources concurrently, store each as it arrives; one result per source."""
+    """Poll the sources concurrently, by `deadline` (time.monotonic()) if given, and store
+    each as it arrives; one result per source."""
 
     async def one(source: SourceConfig) -> RunResult:
         t0 = time.perf_counter()
-        polled = await poll(source, slot_of[source.name], client_for(source, client, settings))
+        http = client_for(source, client, settings, deadline=deadline)
+        polled = await poll(source, slot_of[source.name], http)
         try:
             result = await asyncio.to_thread(store, engine, polled)
         except StoreError as err:

@@ -258,7 +258,7 @@ class Spool:
     def read(self, path: Path) -> Entry:
         """Raises FileNotFoundError if another process took it, SpoolError if it is unreadable."""
         try:
-            return _decode(exactjson.loads(path.read_text(encoding="utf-8")))
+            return _decode(exactjson.loads_own(path.read_text(encoding="utf-8")))
         except FileNotFoundError:
             raise
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:

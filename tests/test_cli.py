@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,13 @@ def test_the_run_summary_fits_80_columns_uncropped(engine, bittap_config, monkey
     assert result.exit_code == 0, result.output
     assert "slot 2026-01-01T00:00:00Z" in result.output and "…" not in result.output
     assert "seed" in result.output and "live" in result.output
+
+
+@pytest.mark.parametrize("command", [["run", "--once"], ["check"]])
+def test_a_dripping_venue_cannot_hold_a_command_past_its_deadline(engine, bittap_config, command):
+    path, sim = bittap_config
+    sim.fail_next(*[Fault(200, "{" * 1000, content_type="application/json", drip=0.05)] * 20)
+    t0 = time.monotonic()
+    result = runner.invoke(app, [*command, "--config", str(path), "--deadline", "2s"])
+    assert result.exit_code == 1 and time.monotonic() - t0 < 5
+    assert "no answer before the deadline" in result.output

@@ -327,3 +327,44 @@ def test_a_body_postgresql_cannot_store_still_leaves_its_run_row(engine, two_sou
     assert rows(engine, "SELECT status, error FROM ingestion_runs WHERE source = 'bad'") == [
         ("error", results["bad"].error)
     ]
+
+
+def test_a_malformed_body_is_one_error_line_and_its_text_is_kept_for_the_record(engine, two_sources):
+    settings, bad, _ = two_sources
+    bad.fail_next(Fault(200, '{"code": "0", "success": true, "data": {"a": "x\\u0000", "b": NaN}}',
+                        content_type="application/json"))
+    results = run(engine, settings)
+    error = results["bad"].error
+    assert error == 'bad: bittap GET /ftapi/v1/account/info: HTTP 200, malformed body at $.data.a: string "x\\u0000" holds a NUL (\\u0000)'
+    assert results["good"].status == "ok" and results["bad"].attempts == 1
+    assert rows(engine, "SELECT status, error FROM ingestion_runs WHERE source = 'bad'") == [("error", error)]
+    (kept,) = rows(engine, "SELECT body->'etl_rejected_body' FROM raw_payloads WHERE source = 'bad'")
+    assert kept[0]["text"].startswith('{"code": "0"') and kept[0]["reason"].startswith("$.data.a: string")
+
+
+def test_a_redirect_with_a_json_body_is_an_error_not_an_ok_slot(engine, two_sources):
+    settings, bad, _ = two_sources
+    bad.fail_next(Fault(302, "{}", {"Location": "/login"}, content_type="application/json"))
+    result = run(engine, settings)["bad"]
+    assert result.status == "error" and result.error.endswith("HTTP 302 redirect to " + settings.sources[0].base_url + "/login not followed")
+
+
+@pytest.mark.parametrize("key", ["key-7f3a9c1e55\n", "key-7f3a\n9c1e55"])
+def test_a_key_with_a_newline_never_reaches_errors_logs_or_the_database(engine, key, caplog):
+    sim = BittapSimulator()
+    sim.add_account(key.strip(), "secret-b8d2e4f6a0")
+    with served(sim) as server, caplog.at_level("DEBUG", logger="etl"):
+        settings = settings_for(source_entry("s", "bittap", server.url, key, "secret-b8d2e4f6a0"), timeout="0.5s")
+        result = run(engine, settings)["s"]
+    assert result.attempts == 1  # refused before sending is never retried (ok once the key is stripped)
+    dumped = str(rows(engine, "SELECT t::text FROM ingestion_runs t")) + caplog.text + str(result)
+    for part in ("7f3a", "9c1e55"):
+        assert part not in dumped
+
+
+def test_a_secret_echoed_in_a_good_body_is_kept_nowhere(engine, two_sources):
+    settings, bad, _ = two_sources
+    bad.accounts["bad-key"].body["data"]["assets"][0]["echo"] = "bad-key and bad-secret"
+    assert run(engine, settings)["bad"].status == "ok"
+    stored = str(rows(engine, "SELECT body::text FROM raw_payloads")) + str(rows(engine, "SELECT extra::text FROM balance_snapshots"))
+    assert "bad-key" not in stored and "bad-secret" not in stored and "*** and ***" in stored

@@ -47,7 +47,11 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 @dataclass
 class Fault:
-    """One injected answer instead of the real one; `delay` longer than the client's timeout = a timeout."""
+    """One injected answer instead of the real one; `delay` longer than the client's timeout = a timeout.
+
+    `repeat` sends the body that many times over, streamed (a huge answer that costs the
+    simulator one copy); `drip` waits that long before each byte (a venue at a trickle,
+    which no per-read timeout ever trips)."""
 
     status: int = 500
     body: str = ""
@@ -57,6 +61,7 @@ class Fault:
     real: str | None = None  # a MUTATIONS name: serve the real answer so changed instead of `body`
     drip: float = 0.0  # seconds between bytes of the answer
     kind: str = ""  # listed in /_sim/stats "served" when a request gets this fault
+    repeat: int = 1  # the body sent this many times over, streamed (a huge answer without its memory)
 
 
 _NUMBER = re.compile(rb'"(-?\d+\.\d+)"')  # a decimal sent as a string, as the venues send money
@@ -108,10 +113,14 @@ MUTATIONS: dict[str, Mutation] = {
 }
 
 
-async def _drip(body: bytes, seconds: float) -> AsyncIterator[bytes]:
-    for i in range(len(body)):
-        yield body[i : i + 1]
-        await asyncio.sleep(seconds)
+async def _stream(body: bytes, repeat: int, drip: float) -> AsyncIterator[bytes]:
+    for _ in range(repeat):
+        if not drip:
+            yield body
+            continue
+        for i in range(len(body)):
+            yield body[i : i + 1]
+            await asyncio.sleep(drip)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -204,8 +213,8 @@ class Simulator:
             real = await handler(request)
             status, headers, media_type = real.status_code, {}, real.media_type or "application/json"
             body = MUTATIONS[fault.real](bytes(real.body), self.rng, credential)
-        if fault.drip:
-            return StreamingResponse(_drip(body, fault.drip), status, headers, media_type)
+        if fault.drip or fault.repeat != 1:
+            return StreamingResponse(_stream(body, fault.repeat, fault.drip), status, headers, media_type)
         return Response(body, status_code=status, headers=headers, media_type=media_type)
 
     async def _add_faults(self, request: Request) -> Response:

@@ -1,22 +1,42 @@
-"""The one HTTP seam every venue goes through: timeouts, retries, rate limit, error wording.
+"""The one HTTP seam every venue goes through: bounds, retries, rate limit, error wording.
 
 A venue hands `VenueClient.send` a *request factory* (called again on each attempt, so
-signatures carry a fresh timestamp and nonce) and an envelope check. This module
-classifies failures: timeouts, connection errors, 5xx and 429 are transient and
-retried with exponential backoff and jitter (a 429's `Retry-After` is honoured), all
-within the slot's deadline; anything else (auth, validation, bad body) is terminal,
-retried only as often as the venue's check says (`VenueError.retries`, e.g. HTX's
-spurious 403 once).
-The httpx client is shared (connection pooling); tests pass one built on
-`httpx.ASGITransport(simulator)`.
+signatures carry a fresh timestamp and nonce) and an envelope check. This module bounds
+every exchange and classifies every failure once (`etl.faults`):
+
+- Bounds. One request takes at most `timeout` in all: connect, headers and the whole
+  body (httpx's own timeout is per read, which a venue dripping a byte a second never
+  trips). A body is read in chunks and refused past `max_body` bytes. Retries and
+  `Retry-After` waits end by the poll's `deadline`.
+- Transient (retried with exponential backoff and jitter): timeouts, connection errors,
+  5xx and 429. A 429's `Retry-After` is honoured when the wait ends before the deadline;
+  otherwise (`3600`, `inf`) the request fails at once, still a transient fault.
+- Terminal (one try, or as many as the venue's check allows: `VenueError.retries`, e.g.
+  HTX's spurious 403 once): 4xx, an error envelope, a 3xx (redirects are not followed: only
+  the venue's success status, 200, is success), a request httpx refuses to send (a
+  header value with a newline, an unsupported URL).
+- The source's data (one try): a body over the cap, not JSON, or JSON that `exactjson`
+  refuses (a duplicate key, NaN, NUL, ...). What we got is kept for the record as a
+  `rejected_body`, never as if it were the venue's JSON.
+
+Messages are built from safe parts only (venue, method, endpoint path, status, exception
+type, the OS's text for an errno), never from `str()` of an httpx error, which can quote
+a header and so a credential. The source's secrets are replaced by `***` in every body
+before anything reads it. The httpx client is shared (connection pooling); tests pass
+one built on `httpx.ASGITransport(simulator)`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import codecs
+import json
+import math
+import os
 import re
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,16 +53,23 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from etl import exactjson
-from etl.errors import EtlError, VenueError
+from etl.errors import EtlError, Fault, VenueError
 from etl.records import RawResponse
 
 RequestFactory = Callable[[], httpx.Request]
 EnvelopeCheck = Callable[[int, Any], None]
 
+SUCCESS = 200  # every venue we poll answers its data with 200 (shared/venues/*.md)
+DEFAULT_MAX_BODY = 16 * 2**20  # real balance answers are kilobytes; see [schedule] max_body
+REJECTED = "etl_rejected_body"  # the key that marks a raw payload as ours, not the venue's
+# httpx refuses these before a byte is sent: the same request would fail the same way again.
+_MALFORMED = (httpx.LocalProtocolError, httpx.UnsupportedProtocol, httpx.InvalidURL)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
 
 def snippet(body: bytes, limit: int = 120) -> str:
     """A short, single-line, tag-free excerpt of a body for error messages."""
-    text = body.decode("utf-8", "replace")
+    text = _CONTROL.sub(" ", body[: limit * 8].decode("utf-8", "replace"))
     text = re.sub(r"<[^>]*>", " ", text)
     text = " ".join(text.split())
     return text[:limit] + ("…" if len(text) > limit else "") if text else "(empty body)"
@@ -59,14 +86,39 @@ def json_text(body: bytes) -> str | None:
         return None
 
 
-def retry_after_seconds(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
+def rejected_body(reason: str, content: bytes | None) -> dict[str, Any]:
+    """What `raw_payloads` keeps of a body we refused: `{"etl_rejected_body": {"reason": ...,
+    "text": ...}}`. `text` is the body as a JSON string jsonb accepts (bytes that are not
+    UTF-8 as `\\xNN`, a NUL character as `\\x00`), or null when it was not kept (`reason` says why)."""
+    text = None
+    if content is not None:
+        text = content.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+    return {REJECTED: {"reason": reason, "text": text}}
+
+
+def retry_after_seconds(headers: httpx.Headers) -> float | None:
+    """A 429's `Retry-After` in seconds (inf when absurd), or None: back off as usual."""
     try:
-        return max(0.0, float(value))
+        seconds = float(headers.get("Retry-After", ""))
     except ValueError:
-        return None
+        return None  # absent, or an HTTP date: the backoff applies
+    return None if math.isnan(seconds) else max(0.0, seconds)
+
+
+SECRET_MIN_SCRUBBED = 6  # characters; shorter is no real credential, and replacing it would garble bodies
+
+
+def secret_forms(secrets: Sequence[str]) -> tuple[bytes, ...]:
+    """Each secret as a body might spell it: raw, or JSON-escaped (also with `\\/`). A
+    value shorter than SECRET_MIN_SCRUBBED (a test's "k") is left alone: replacing every
+    "k" of a body would change the venue's answer, not hide a credential."""
+    forms: set[bytes] = set()
+    for secret in secrets:
+        if len(secret) >= SECRET_MIN_SCRUBBED:
+            escaped = json.dumps(secret)[1:-1]
+            for form in (secret, escaped, json.dumps(secret, ensure_ascii=False)[1:-1]):
+                forms.update({form.encode(), form.replace("/", "\\/").encode()})
+    return tuple(sorted(forms, key=len, reverse=True))  # longest first: no half-replaced secret
 
 
 class _wait_retry_after(wait_base):
@@ -96,6 +148,19 @@ class _retry_policy(retry_base):
         return isinstance(err, VenueError) and retry_state.attempt_number <= err.retries
 
 
+def _cause(err: BaseException) -> str:
+    """`ConnectError (Connection refused)`: the type, and the OS's own text for the errno
+    underneath (never the exception's message, which may quote the request)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, socket.gaierror) and seen.strerror:
+            return f"{type(err).__name__} ({seen.strerror})"  # the resolver's fixed table
+        if isinstance(seen, OSError) and seen.errno and seen.errno > 0:
+            return f"{type(err).__name__} ({os.strerror(seen.errno)})"
+        seen = seen.__cause__ or seen.__context__
+    return type(err).__name__
+
+
 class VenueClient:
     """HTTP access for one source during one poll (or for the daemon's lifetime)."""
 
@@ -109,6 +174,8 @@ class VenueClient:
         limiter: AsyncLimiter | None = None,
         max_attempts: int = 5,
         deadline: float | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+        secrets: Sequence[str] = (),
         backoff_initial: float = 0.25,
         backoff_max: float = 8.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -116,16 +183,19 @@ class VenueClient:
         self.client = client
         self.venue = venue
         self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
+        self.timeout = timeout  # seconds for one whole request, body included
         self.limiter = limiter
         self.max_attempts = max_attempts
         self.deadline = deadline  # time.monotonic() by which retries must have ended
+        self.max_body = max_body
+        self._secret_forms = secret_forms(secrets)
         self.backoff = wait_exponential_jitter(
             multiplier=backoff_initial, max=backoff_max, jitter=backoff_initial
         )
         self.clock = clock
         self.attempts = 0  # the most attempts any one request of this poll needed
-        self.received: list[RawResponse] = []  # every good response, kept even if a later call fails
+        # every good response, and a rejected_body for a refused one: kept even if a later call fails
+        self.received: list[RawResponse] = []
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -149,49 +219,129 @@ class VenueClient:
         raise AssertionError("unreachable: tenacity either returns or re-raises")
 
     async def _send_once(self, endpoint: str, build: RequestFactory, check: EnvelopeCheck) -> RawResponse:
-        where = f"{self.venue} GET {endpoint}"
         if self.limiter is not None:
             await self.limiter.acquire()
-        request = build()
-        request.extensions["timeout"] = httpx.Timeout(self.timeout).as_dict()
-        try:
-            response = await self.client.send(request)
-        except httpx.TimeoutException:
-            raise VenueError(f"{where}: timed out after {self.timeout:g}s", transient=True) from None
-        except httpx.TransportError as err:
-            raise VenueError(
-                f"{where}: connection failed: {type(err).__name__} {err}", transient=True
-            ) from None
-        fetched_at = self.clock()
-        status = response.status_code
-        if status == 429:
-            raise VenueError(
-                f"{where}: HTTP 429 rate limited",
-                transient=True,
-                retry_after=retry_after_seconds(response),
-            )
-        if status >= 500:
-            raise VenueError(f"{where}: HTTP {status}: {snippet(response.content)}", transient=True)
-        try:
-            body = exactjson.loads(response.content)
-        except ValueError:
-            raise VenueError(
-                f"{where}: HTTP {status}, body is not JSON: {snippet(response.content)}"
-            ) from None
+        request = self._request(endpoint, build)
+        where = f"{self.venue} {request.method} {endpoint}"
+        response, content = await self._exchange(where, request)
+        fetched_at, status = self.clock(), response.status_code
+        if content is None:
+            reason = f"body over the {_size(self.max_body)} cap (max_body), not read further"
+            self._reject(endpoint, status, fetched_at, reason, None)
+            raise VenueError(f"{where}: HTTP {status}, {reason}", fault=Fault.SOURCE_DATA)
+        content = self._scrubbed(content)
+        self._check_status(where, response, content)
+        body = self._parse(where, endpoint, status, fetched_at, content)
         try:
             check(status, body)
         except VenueError as err:
             raise VenueError(
-                f"{where}: {err}", transient=err.transient, retry_after=err.retry_after, retries=err.retries
+                f"{where}: {err}",
+                transient=err.transient,
+                retry_after=err.retry_after,
+                retries=err.retries,
+                fault=err.fault,
             ) from None
-        if status >= 400:
-            raise VenueError(f"{where}: HTTP {status}: {snippet(response.content)}")
-        raw = RawResponse(
-            endpoint=endpoint,
-            http_status=status,
-            body=body,
-            fetched_at=fetched_at,
-            text=json_text(response.content),
-        )
+        if status != SUCCESS:
+            raise VenueError(f"{where}: HTTP {status}: {snippet(content)}")
+        raw = RawResponse(endpoint=endpoint, http_status=status, body=body, fetched_at=fetched_at,
+                          text=json_text(content))
         self.received.append(raw)
         return raw
+
+    def _request(self, endpoint: str, build: RequestFactory) -> httpx.Request:
+        try:
+            request = build()
+        except (httpx.InvalidURL, UnicodeEncodeError) as err:  # e.g. a non-ASCII header value
+            raise VenueError(f"{self.venue} {endpoint}: request cannot be built ({type(err).__name__})") from None
+        request.extensions["timeout"] = httpx.Timeout(self.timeout).as_dict()
+        return request
+
+    async def _exchange(self, where: str, request: httpx.Request) -> tuple[httpx.Response, bytes | None]:
+        """The response and its body (None: over the cap), all within `timeout`."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                response = await self.client.send(request, stream=True)
+                try:
+                    return response, await self._read(response)
+                finally:
+                    await response.aclose()
+        except (TimeoutError, httpx.TimeoutException):
+            raise VenueError(f"{where}: timed out after {self.timeout:g}s", transient=True) from None
+        except _MALFORMED as err:
+            raise VenueError(f"{where}: request refused before sending ({type(err).__name__})") from None
+        except httpx.TransportError as err:
+            raise VenueError(f"{where}: connection failed: {_cause(err)}", transient=True) from None
+
+    async def _read(self, response: httpx.Response) -> bytes | None:
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.max_body:
+            return None
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > self.max_body:
+                return None
+        return bytes(body)
+
+    def _scrubbed(self, content: bytes) -> bytes:
+        """The body with the source's secrets replaced, once, before anything reads or keeps it."""
+        for form in self._secret_forms:
+            if form in content:
+                content = content.replace(form, b"***")
+        return content
+
+    def _check_status(self, where: str, response: httpx.Response, content: bytes) -> None:
+        """Statuses decided before the body is parsed: 429, 5xx, 3xx, any other non-error."""
+        status = response.status_code
+        if status == 429:
+            wait = retry_after_seconds(response.headers)
+            if wait is not None and not self._fits(wait):
+                # still the venue's transient fault, but no retry: the wait would pass the deadline
+                raise VenueError(
+                    f"{where}: HTTP 429 rate limited, Retry-After {wait:g}s ends past the deadline",
+                    fault=Fault.VENUE_TRANSIENT,
+                )
+            raise VenueError(f"{where}: HTTP 429 rate limited", transient=True, retry_after=wait)
+        if status >= 500:
+            raise VenueError(f"{where}: HTTP {status}: {snippet(content)}", transient=True)
+        if 300 <= status < 400:
+            location = _location(response)
+            raise VenueError(f"{where}: HTTP {status} redirect to {location} not followed")
+        if status < 400 and status != SUCCESS:
+            raise VenueError(f"{where}: HTTP {status}, not the venue's success status {SUCCESS}")
+
+    def _fits(self, wait: float) -> bool:
+        if self.deadline is None:
+            return math.isfinite(wait)
+        return time.monotonic() + wait < self.deadline
+
+    def _parse(self, where: str, endpoint: str, status: int, fetched_at: datetime, content: bytes) -> Any:
+        try:
+            return exactjson.loads(content)
+        except exactjson.JsonError as err:
+            if status >= 400:  # an error page that is not JSON: the status says what happened
+                raise VenueError(f"{where}: HTTP {status}: {snippet(content)}") from None
+            self._reject(endpoint, status, fetched_at, str(err), content)
+            problem = f"body {err}: {snippet(content)}" if err.path is None else f"malformed body at {err}"
+            raise VenueError(f"{where}: HTTP {status}, {problem}", fault=Fault.SOURCE_DATA) from None
+
+    def _reject(self, endpoint: str, status: int, fetched_at: datetime, reason: str, content: bytes | None) -> None:
+        body = rejected_body(reason, content)
+        self.received.append(RawResponse(endpoint=endpoint, http_status=status, body=body, fetched_at=fetched_at))
+
+
+def _location(response: httpx.Response) -> str:
+    """Where a redirect points, without its query (which could echo a signed request's key)."""
+    target = response.headers.get("Location")
+    if not target:
+        return "(no Location)"
+    try:
+        url = response.url.join(target)
+    except httpx.InvalidURL:
+        return "(an invalid Location)"
+    return _CONTROL.sub("", f"{url.scheme}://{url.netloc.decode('ascii', 'replace').rpartition('@')[2]}{url.path}")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n / 2**10:g} KiB"

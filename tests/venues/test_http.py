@@ -1,10 +1,31 @@
-"""The shared HTTP seam's pure parts."""
+"""The shared HTTP seam: bounds, status rules, refused bodies, safe messages, scrubbed secrets.
+
+Against a simulator served on loopback (real sockets, so streaming, drips and httpx's
+own request checks behave as with a venue) or through ASGI where the wire does not matter.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import codecs
+import json
+import time
+import tracemalloc
+from typing import Any
 
-from etl.venues.http import json_text
+import httpx
+import pytest
+
+from etl import exactjson
+from etl.errors import Fault, VenueError
+from etl.faults import classify
+from etl.sim.base import Fault as SimFault
+from etl.sim.bittap import BittapSimulator
+from etl.venues.http import DEFAULT_MAX_BODY, REJECTED, VenueClient, json_text, rejected_body, snippet
+from tests.helpers import served
+
+PATH = "/ftapi/v1/account/info"
+SECRET = "secret-b8d2e4f6a0"
 
 
 def test_a_json_body_is_kept_as_the_text_jsonb_will_take():
@@ -12,3 +33,176 @@ def test_a_json_body_is_kept_as_the_text_jsonb_will_take():
     # what jsonb would refuse or misread is left to the re-encoding of the parsed body
     assert json_text(codecs.BOM_UTF8 + b'{"a": 1}') is None
     assert json_text('{"a": "é"}'.encode("utf-16")) is None
+
+
+def test_a_refused_body_is_kept_as_marked_text_postgresql_can_store():
+    kept = rejected_body("$.a: duplicate key", b'{"a": "\\u0000", "b": "\x00\xed\xa0\x80"}')
+    assert kept == {REJECTED: {"reason": "$.a: duplicate key", "text": '{"a": "\\u0000", "b": "\\x00\\xed\\xa0\\x80"}'}}
+    assert "\x00" not in exactjson.dumps(kept) and exactjson.loads(exactjson.dumps(kept)) == kept
+    assert rejected_body("over the cap", None) == {REJECTED: {"reason": "over the cap", "text": None}}
+
+
+def test_a_snippet_is_one_line_without_control_characters():
+    assert snippet(b"<h1>bad\x00\r\ngate\x1bway</h1>") == "bad gate way"
+
+
+def client(url: str, **more: Any) -> VenueClient:
+    return VenueClient(httpx.AsyncClient(), "bittap", url, **{"timeout": 0.5, "backoff_initial": 0.01, **more})
+
+
+def accept(status: int, body: Any) -> None:
+    """An envelope check that takes any body: what is left to decide is the seam's."""
+
+
+def get(http: VenueClient, headers: dict[str, str] | None = None) -> Any:
+    async def go() -> Any:
+        async with http.client:
+            return await http.send(PATH, lambda: httpx.Request("GET", http.url(PATH), headers=headers), accept)
+
+    return asyncio.run(go())
+
+
+def failure(http: VenueClient, headers: dict[str, str] | None = None) -> VenueError:
+    with pytest.raises(VenueError) as caught:
+        get(http, headers)
+    return caught.value
+
+
+@pytest.fixture
+def sim():
+    sim = BittapSimulator()
+    with served(sim) as server:
+        sim.url = server.url
+        yield sim
+
+
+def test_a_huge_body_is_read_only_up_to_the_cap_and_costs_no_more_memory(sim):
+    sim.fail_next(SimFault(200, "[" + "1," * 2**19, content_type="application/json", repeat=200))  # 200 MiB
+    http = client(sim.url, timeout=30)
+    tracemalloc.start()
+    try:
+        err = failure(http)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(err) == f"bittap GET {PATH}: HTTP 200, body over the 16 MiB cap (max_body), not read further"
+    assert classify(err) is Fault.SOURCE_DATA and http.attempts == 1
+    assert peak < 3 * DEFAULT_MAX_BODY  # the old code held the whole 200 MiB (1.1 GB of RSS)
+    (kept,) = http.received
+    assert kept.body == {REJECTED: {"reason": "body over the 16 MiB cap (max_body), not read further", "text": None}}
+
+
+def test_the_cap_is_the_configured_one_and_a_declared_length_over_it_is_not_read(sim):
+    sim.fail_next(SimFault(200, '{"a": "' + "x" * 5000 + '"}', content_type="application/json"))
+    assert "over the 4 KiB cap" in str(failure(client(sim.url, max_body=4096)))
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_is_an_error_naming_where_it_pointed_without_its_query(sim, status):
+    location = {"Location": "https://login.example.com/auth?AccessKeyId=key-123"}
+    sim.fail_next(SimFault(status, "{}", location, content_type="application/json"))
+    http = client(sim.url)
+    err = failure(http)
+    assert str(err) == f"bittap GET {PATH}: HTTP {status} redirect to https://login.example.com/auth not followed"
+    assert classify(err) is Fault.VENUE_TERMINAL and http.attempts == 1 and http.received == []
+
+
+def test_a_success_status_other_than_the_venues_is_not_success(sim):
+    sim.fail_next(SimFault(204, "", content_type="application/json"))
+    assert str(failure(client(sim.url))).endswith("HTTP 204, not the venue's success status 200")
+
+
+def test_a_venue_that_drips_is_cut_at_the_request_timeout_not_the_first_read(sim):
+    sim.fail_next(SimFault(200, '{"code": "0", "success": true}', content_type="application/json", drip=0.1))
+    http = client(sim.url, max_attempts=1)
+    t0 = time.monotonic()
+    err = failure(http)
+    assert str(err) == f"bittap GET {PATH}: timed out after 0.5s" and classify(err) is Fault.VENUE_TRANSIENT
+    assert time.monotonic() - t0 < 1.5  # the old code read on for 3 s: each byte came within the 0.5 s per read
+
+
+@pytest.mark.parametrize("wait", ["3600", "inf", "1e999"])
+def test_a_retry_after_past_the_deadline_fails_now_and_is_still_transient(sim, wait):
+    sim.fail_next(*[SimFault(429, "slow down", {"Retry-After": wait})] * 5)
+    # without a deadline (a library caller's choice) only an endless wait is refused
+    for deadline in (time.monotonic() + 5, *([None] if wait != "3600" else [])):
+        http = client(sim.url, deadline=deadline)
+        t0 = time.monotonic()
+        err = failure(http)
+        assert time.monotonic() - t0 < 1
+        assert "HTTP 429 rate limited, Retry-After " in str(err) and str(err).endswith("s ends past the deadline")
+        assert classify(err) is Fault.VENUE_TRANSIENT and http.attempts == 1
+
+
+@pytest.mark.parametrize("wait", ["nan", "-1", "0"])
+def test_a_meaningless_or_past_retry_after_is_an_ordinary_retry(sim, wait):
+    ok = SimFault(200, '{"code": "0", "success": true}', content_type="application/json")
+    sim.fail_next(SimFault(429, "slow down", {"Retry-After": wait}), ok)
+    http = client(sim.url, deadline=time.monotonic() + 5)
+    assert get(http).http_status == 200 and http.attempts == 2
+
+
+def test_a_request_httpx_refuses_is_tried_once_and_its_message_shows_no_header(sim):
+    http = client(sim.url)
+    err = failure(http, {"X-BT-APIKEY": SECRET + "\n"})
+    assert str(err) == f"bittap GET {PATH}: request refused before sending (LocalProtocolError)"
+    assert classify(err) is Fault.VENUE_TERMINAL and http.attempts == 1 and sim.requests[PATH] == 0
+
+
+def test_a_request_that_cannot_be_built_is_terminal_and_names_no_value():
+    http = client("http://127.0.0.1:9")
+    err = failure(http, {"X-BT-APIKEY": "sécret"})
+    assert str(err) == f"bittap {PATH}: request cannot be built (UnicodeEncodeError)" and http.attempts == 1
+
+
+def test_a_connection_error_names_the_os_error_not_the_exception_text():
+    http = client("http://127.0.0.1:9", max_attempts=2)
+    err = failure(http)
+    assert str(err) == f"bittap GET {PATH}: connection failed: ConnectError (Connection refused)"
+    assert classify(err) is Fault.VENUE_TRANSIENT and http.attempts == 2
+
+
+def test_secrets_echoed_in_a_body_are_replaced_before_anything_keeps_it(sim):
+    secret = "sec/ret-b8d2e4f6a0"
+    body = {"code": "0", "success": True, "data": {"key": "key-7f3a9c1e55", "note": f"signed with {secret}"}}
+    escaped = json.dumps(body).replace("/", "\\/")  # as PHP's json_encode spells it
+    sim.fail_next(SimFault(200, escaped, content_type="application/json"))
+    raw = get(client(sim.url, secrets=["key-7f3a9c1e55", secret]))
+    assert raw.body["data"] == {"key": "***", "note": "signed with ***"}
+    assert "key-7f3a" not in (raw.text or "") and "b8d2e4f6a0" not in (raw.text or "")
+
+
+BAD_BODIES = {
+    "duplicate key": ('{"Acct1": {"a": 1000000}, "Acct1": {"a": 5}}', '$: duplicate key "Acct1"'),
+    "NaN": ('{"a": {"b": [1, NaN]}}', "$.a.b[1]: NaN is not a number PostgreSQL can store"),
+    "Infinity": ('{"a": Infinity}', "$.a: Infinity is not a number PostgreSQL can store"),
+    "-Infinity": ('{"a": -Infinity}', "$.a: -Infinity is not a number PostgreSQL can store"),
+    "1e999999": ('{"a": 1e999999}', "$.a: number 1e999999 does not fit PostgreSQL NUMERIC"),
+    "tiny": ('{"a": 1.5e-16384}', "$.a: number 1.5e-16384 does not fit PostgreSQL NUMERIC"),
+    "NUL in a string": ('{"a": ["ok", "x\\u0000y"]}', '$.a[1]: string "x\\u0000y" holds a NUL (\\u0000)'),
+    "NUL in a key": ('{"a\\u0000": 1}', '$: key "a\\u0000" holds a NUL (\\u0000)'),
+    "lone surrogate": ('{"a b": "\\ud800"}', '$."a b": string "\\ud800" holds a lone surrogate'),
+    "deep": ('{"a": ' + "[" * 10000 + "]" * 10000 + "}", "$: nested 10001 levels deep, too deep to parse"),
+    "huge integer": ('{"a": ' + "7" * 5000 + "}", "$.a: integer of 5000 digits (more than 4300)"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_BODIES)
+def test_a_malformed_body_is_the_sources_error_naming_the_path_and_is_kept(case):
+    text, problem = BAD_BODIES[case]
+
+    def venue(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=text.encode(), headers={"Content-Type": "application/json"})
+
+    http = VenueClient(httpx.AsyncClient(transport=httpx.MockTransport(venue)), "treadfi", "http://treadfi")
+    err = failure(http)
+    assert str(err) == f"treadfi GET {PATH}: HTTP 200, malformed body at {problem}"
+    assert classify(err) is Fault.SOURCE_DATA and http.attempts == 1
+    (kept,) = http.received
+    assert kept.body == {REJECTED: {"reason": problem, "text": text}} and kept.http_status == 200
+
+
+def test_valid_json_with_escapes_and_exact_numbers_still_parses():
+    text = '{"a": "\\u00e9\\ud83d\\ude00", "b": 12282.88002680674743639045, "c": 1e-16383, "d": ' + "9" * 4300 + "}"
+    body = exactjson.loads(text)
+    assert body["a"] == "é😀" and str(body["b"]) == "12282.88002680674743639045" and body["d"] == int("9" * 4300)
