@@ -64,7 +64,8 @@ class Fault:
     repeat: int = 1  # the body sent this many times over, streamed (a huge answer without its memory)
 
 
-_NUMBER = re.compile(rb'"(-?\d+\.\d+)"')  # a decimal sent as a string, as the venues send money
+# a decimal as the venues send money: a string ("1.5"), or a bare number (1.5, Tread.fi)
+_NUMBER = re.compile(rb'"-?\d+\.\d+"|(?<=:)-?\d+\.\d+')
 _STRING = re.compile(rb'(": ?")([A-Za-z][^"\\]*")')  # a plain string value
 HUGE_BYTES = 96 * 2**20  # above any response cap a client should have
 
