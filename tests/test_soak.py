@@ -21,7 +21,7 @@ from bench.soak import KINDS
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-SOAK_PASSES = False  # True once the daemon holds every invariant (issue 13): the xfail becomes a failure
+SOAK_PASSES = True  # the daemon holds every invariant (issue 13): a violation fails CI
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,6 @@ def test_soak_checks_slots_after_injecting_every_fault_kind(soak: dict[str, Any]
     assert {kind for kind, n in soak["faults"].items() if n > 0} == set(KINDS)
 
 
-@pytest.mark.xfail(not SOAK_PASSES, reason="issue 13: today's daemon violates invariants", strict=False)
+@pytest.mark.xfail(not SOAK_PASSES, reason="the daemon violates invariants", strict=False)
 def test_soak_finds_no_violation(soak: dict[str, Any]) -> None:
     assert soak["violations"] == []
