@@ -11,7 +11,9 @@ once, which sets the cookie and redirects to the same page without it.
 
 from __future__ import annotations
 
+import csv
 import hmac
+import io
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -231,9 +233,6 @@ def _limit(request: Request) -> int:
 
 def _csv(rows: list[dict[str, Any]], name: str) -> Response:
     """Every digit, as stored: Decimals are written by `exact`, never through float."""
-    import csv
-    import io
-
     buffer = io.StringIO()
     if rows:
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
