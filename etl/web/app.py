@@ -83,7 +83,7 @@ class Dashboard:
                 changes[name] = {
                     "from": then,
                     "change": None if then is None else total - then,
-                    "percent": None if not then else float((total - then) / then * 100),
+                    "percent": None if then is None else _percent(total - then, then),
                 }
             sources = self._health(conn, now)
             first = queries.first_slot(conn)
@@ -165,14 +165,14 @@ class Dashboard:
                 {
                     **r,
                     "change_24h": change,
-                    "change_24h_percent": float(change / then * 100) if change is not None and then else None,
+                    "change_24h_percent": None if change is None or then is None else _percent(change, then),
                 }
             )
         return {"accounts": rows}
 
     def account(self, account_id: int, range_name: str) -> dict[str, Any] | None:
         now = self.clock()
-        back = queries.ACCOUNT_RANGES[range_name][0]
+        back = queries.RANGES[range_name][0]
         with self.engine.connect() as conn:
             found = queries.account(conn, account_id)
             if found is None:
@@ -300,7 +300,7 @@ def create_app(dashboard: Dashboard, *, token: str | None = None) -> Starlette:
 
     def account_page(request: Request) -> Response:
         found = dashboard.account(
-            int(request.path_params["id"]), _range(request, queries.ACCOUNT_RANGES, "7d")
+            int(request.path_params["id"]), _range(request, queries.RANGES, "7d")
         )
         if found is None:
             return PlainTextResponse(f"404: no account with id {request.path_params['id']}", 404)
@@ -348,7 +348,7 @@ def create_app(dashboard: Dashboard, *, token: str | None = None) -> Starlette:
             handles(
                 api(
                     lambda r: dashboard.account(
-                        int(r.path_params["id"]), _range(r, queries.ACCOUNT_RANGES, "7d")
+                        int(r.path_params["id"]), _range(r, queries.RANGES, "7d")
                     )
                 )
             ),
@@ -362,6 +362,11 @@ def create_app(dashboard: Dashboard, *, token: str | None = None) -> Starlette:
     ]
     middleware = [token_middleware(token)] if token else []
     return Starlette(routes=routes, middleware=middleware)
+
+
+def _percent(change: Decimal, base: Decimal) -> float | None:
+    """A change in % of its base: a ratio, so a float; none from a base of 0."""
+    return float(change / base * 100) if base else None
 
 
 def _money(value: Any, places: int = 2) -> str:

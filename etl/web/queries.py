@@ -15,21 +15,22 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-# range name -> (how far back, the view it reads, its time column)
+# range name -> (how far back, the granularity it reads): "" the slots, else a rollup
 RANGES: dict[str, tuple[timedelta | None, str]] = {
-    "1d": (timedelta(days=1), "portfolio_equity"),
-    "7d": (timedelta(days=7), "portfolio_equity_hourly"),
-    "30d": (timedelta(days=30), "portfolio_equity_hourly"),
-    "90d": (timedelta(days=90), "portfolio_equity_hourly"),
-    "all": (None, "portfolio_equity_daily"),
+    "1d": (timedelta(days=1), ""),
+    "7d": (timedelta(days=7), "_hourly"),
+    "30d": (timedelta(days=30), "_hourly"),
+    "90d": (timedelta(days=90), "_hourly"),
+    "all": (None, "_daily"),
 }
-ACCOUNT_RANGES: dict[str, tuple[timedelta | None, str]] = {
-    "1d": (timedelta(days=1), "account_equity"),
-    "7d": (timedelta(days=7), "account_equity_hourly"),
-    "30d": (timedelta(days=30), "account_equity_hourly"),
-    "90d": (timedelta(days=90), "account_equity_hourly"),
-    "all": (None, "account_equity_daily"),
-}
+
+
+def _range_source(range_name: str, base: str) -> tuple[timedelta | None, str, str]:
+    """(how far back, the view of `base` the range reads, its time column)."""
+    back, width = RANGES[range_name]
+    return back, base + width, "bucket" if width else "slot"
+
+
 CHANGES = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
 RUNS_LIMIT = 500
 
@@ -49,8 +50,7 @@ class Point:
 
 def equity_series(conn: Connection, range_name: str, now: datetime) -> list[Point]:
     """Total equity over the range, oldest first."""
-    back, view = RANGES[range_name]
-    column = "slot" if view == "portfolio_equity" else "bucket"
+    back, view, column = _range_source(range_name, "portfolio_equity")
     where = "" if back is None else f"WHERE {column} >= :since"
     rows = conn.execute(
         text(
@@ -139,8 +139,7 @@ def account(conn: Connection, account_id: int) -> dict[str, Any] | None:
 
 def account_series(conn: Connection, account_id: int, range_name: str, now: datetime) -> list[dict[str, Any]]:
     """One account's equity over the range, per point and equity currency."""
-    back, view = ACCOUNT_RANGES[range_name]
-    column = "slot" if view == "account_equity" else "bucket"
+    back, view, column = _range_source(range_name, "account_equity")
     since = "" if back is None else f"AND {column} >= :since"
     params: dict[str, Any] = {"id": account_id}
     if back is not None:
