@@ -1,6 +1,12 @@
 """Writing a slot's outcome, live or from the spool: the load, its log line and metrics,
 and the rollup close the first load of a new hour starts.
 
+Live polls that arrive with a batch (the usual case) wait up to BATCH_WAIT for others of
+the same slot, and up to BATCH_MAX go to the database together (`pipeline.store_many`:
+one transaction, each source's slot whole or not at all). With thousands of sources a
+slot, one transaction per source cost more poller CPU than the rows (bench/loads.py).
+Failed polls and spooled ones load one by one, as before.
+
 Every load keeps a slot that is `ok` already (`store(..., keep_loaded=True)`): the first
 load of each slot wins, whether it is a live one (claimed or not) or a spooled copy that
 another replica drained first.
@@ -9,18 +15,36 @@ another replica drained first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
 
 from etl.config import SourceConfig
 from etl.daemon.health import Database
 from etl.daemon.ledger import iso
 from etl.daemon.supervisor import Supervisor
+from etl.errors import StoreError
 from etl.metrics import Metrics
-from etl.pipeline import Polled, RunResult, close_rollups, store
+from etl.pipeline import Polled, RunResult, close_rollups, store, store_many
 from etl.spool import SpooledMissed, SpooledPoll, replayed
 from etl.store.load import record_missed
 
 log = logging.getLogger(__name__)
+
+BATCH_WAIT = 0.005  # seconds a poll waits for others of its slot before they are sent
+BATCH_MAX = 200  # polls in one transaction
+
+
+@dataclass
+class _Waiting:
+    """Polls of one slot waiting to be sent together."""
+
+    polls: list[tuple[Polled, asyncio.Future[RunResult]]] = field(default_factory=list)
+    deadline: float = float("inf")  # time.monotonic() by which the first of them must be loaded
+    full: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Loads:
@@ -29,10 +53,65 @@ class Loads:
         self.supervisor = supervisor
         self.metrics = metrics
         self.closing: asyncio.Task[None] | None = None  # the rollup close in flight, if any
+        self.waiting: dict[datetime, _Waiting] = {}  # per slot, the polls not sent yet
 
     def store(self, polled: Polled) -> RunResult:
         """In a database thread. Raises StoreError."""
         return store(self.database.engine, polled, keep_loaded=True)
+
+    def store_together(self, polls: list[Polled]) -> list[RunResult | StoreError]:
+        """In a database thread. Raises StoreError(transient=True) if the database is down."""
+        return store_many(self.database.engine, polls)
+
+    async def store_live(self, polled: Polled, *, timeout: float) -> RunResult:
+        """A live poll's load, by `timeout` seconds: with others of its slot if it has a
+        batch. Raises what `store` raises, or TimeoutError."""
+        if polled.batch is None:
+            return await self.database.call(partial(self.store, polled), timeout=timeout)
+        waiting = self.waiting.get(polled.slot)
+        if waiting is None:
+            waiting = self.waiting[polled.slot] = _Waiting()
+            self.supervisor.spawn("loads", self._send(polled.slot, waiting))
+        future: asyncio.Future[RunResult] = asyncio.get_running_loop().create_future()
+        waiting.polls.append((polled, future))
+        waiting.deadline = min(waiting.deadline, time.monotonic() + timeout)
+        if len(waiting.polls) >= BATCH_MAX:
+            self._detach(polled.slot, waiting)
+        return await future
+
+    def _detach(self, slot: datetime, waiting: _Waiting) -> None:
+        """Later polls of the slot wait in a batch of their own."""
+        if self.waiting.get(slot) is waiting:
+            del self.waiting[slot]
+        waiting.full.set()
+
+    async def _send(self, slot: datetime, waiting: _Waiting) -> None:
+        try:
+            with contextlib.suppress(TimeoutError):  # the wait is up: send what came
+                await asyncio.wait_for(waiting.full.wait(), BATCH_WAIT)
+            self._detach(slot, waiting)
+            polls = [(p, f) for p, f in waiting.polls if not f.done()]  # a cancelled slot has spooled
+            if not polls:
+                return
+            timeout = max(1.0, waiting.deadline - time.monotonic())
+            try:
+                work = partial(self.store_together, [p for p, _ in polls])
+                outcomes = await self.database.call(work, timeout=timeout)
+            except Exception as err:  # each slot classifies it (Runner._store)
+                for _, future in polls:
+                    if not future.done():
+                        future.set_exception(err)
+                return
+            for (_, future), outcome in zip(polls, outcomes, strict=True):
+                if future.done():
+                    continue
+                if isinstance(outcome, StoreError):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+        finally:  # cancelled at shutdown: the slots still waiting spool what they have
+            for _, future in waiting.polls:
+                future.cancel()
 
     def replay(self, entry: SpooledPoll, source: SourceConfig) -> RunResult:
         return self.store(replayed(entry, source))
