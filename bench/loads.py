@@ -12,7 +12,9 @@ every load handed to the database threads at once, through
 - batch: `Loads.store_live` (batches of up to `loads.BATCH_MAX` sources, one
   transaction each, `pipeline.store_many`).
 
-Timed per slot: wall from the first load handed over to the last result; this process's
+With `--spread S` the polls arrive evenly over S seconds instead (as a slot's polls do),
+so the batches are what the daemon's window gathers. Timed per slot: wall from the
+first load handed over to the last result, and from the last poll's arrival; this process's
 CPU (every thread: the loads, the event loop, psycopg; what `bench/poll.py` counts as
 the poller's) and the CPU of this database's PostgreSQL backends (psutil, by pid), each
 per source. The two paths alternate on consecutive slots of one database, so they see
@@ -47,7 +49,7 @@ from etl.daemon import loads
 from etl.daemon.health import Database
 from etl.daemon.supervisor import Supervisor
 from etl.metrics import Metrics
-from etl.pipeline import Polled, client_for, poll
+from etl.pipeline import Polled, RunResult, client_for, poll
 from etl.store.engine import make_engine
 from etl.store.load import claim_slots
 
@@ -97,7 +99,7 @@ class Backends:
 
 
 async def one_slot(
-    engine: Engine, part: loads.Loads, polls: list[Polled], path: str, backends: Backends
+    engine: Engine, part: loads.Loads, polls: list[Polled], path: str, backends: Backends, spread: float
 ) -> dict[str, Any]:
     slot = polls[0].slot
     with engine.begin() as conn:  # as the daemon does before it polls
@@ -105,26 +107,57 @@ async def one_slot(
             conn, sources=[p.source.name for p in polls], slot=slot, worker="bench", abandoned=(slot, slot)
         )
     store: Callable[[Polled], Awaitable[Any]]
-    if path == "single":
+    if path == "none":  # the bench's own share: the arrivals and the gather, no load
+        store = nothing
+    elif path == "single":
         store = lambda p: part.database.call(partial(part.store, p), timeout=60)  # noqa: E731
     else:
         store = partial(part.store_live, timeout=60)
+    n = len(polls)
+
+    async def arriving(i: int, polled: Polled) -> Any:
+        await asyncio.sleep(spread * i / n)
+        return await store(polled)
+
+    batches = part.batches
     pg0, cpu0, t0 = backends.seconds(), time.process_time(), time.perf_counter()
-    results = await asyncio.gather(*(store(p) for p in polls))
+    results = await asyncio.gather(*(arriving(i, p) for i, p in enumerate(polls)))
     wall, cpu, pg = time.perf_counter() - t0, time.process_time() - cpu0, backends.seconds() - pg0
     bad = [r for r in results if r.status != "ok" or r.already_loaded]
     assert not bad, bad[:3]
-    n = len(polls)
-    return {"wall_ms": 1000 * wall / n, "cpu_ms": 1000 * cpu / n, "pg_ms": 1000 * pg / n}
+    sent = part.batches - batches
+    return {
+        "cpu_ms": 1000 * cpu / n,
+        "pg_ms": 1000 * pg / n,
+        "wall_ms": 1000 * wall / n,
+        "tail_ms": 1000 * (wall - spread * (n - 1) / n),
+        "sources_per_transaction": n / sent if sent else 1.0,
+    }
 
 
-async def measure(url: str, counts: list[int], repeats: int) -> dict[int, dict[str, dict[str, float]]]:
+async def nothing(polled: Polled) -> Any:
+    return RunResult(polled.source.name, polled.source.venue, polled.slot, "ok", None)
+
+
+class Counted(loads.Loads):
+    """The daemon's Loads, counting its transactions of several sources."""
+
+    batches = 0
+
+    def store_together(self, polls: list[Polled]) -> Any:
+        self.batches += 1
+        return super().store_together(polls)
+
+
+async def measure(
+    url: str, counts: list[int], repeats: int, spread: float
+) -> dict[int, dict[str, dict[str, float]]]:
     models = await templates()
     engine = make_engine(url, pool_size=scheduler.DB_WORKERS + 2, pool_pre_ping=False)
     metrics = Metrics()
     database = Database(engine, metrics, tick=1.0)
     supervisor = Supervisor(metrics.task_restarts)
-    part = loads.Loads(database, supervisor, metrics)
+    part = Counted(database, supervisor, metrics)
     backends = Backends(engine)
     out: dict[int, dict[str, dict[str, float]]] = {}
     slot = SLOT0
@@ -132,13 +165,14 @@ async def measure(url: str, counts: list[int], repeats: int) -> dict[int, dict[s
         # a first slot of each path warms the connections, caches and prepared statements
         for path in ("single", "batch"):
             slot += INTERVAL
-            await one_slot(engine, part, copies(models, min(counts), slot), path, backends)
+            await one_slot(engine, part, copies(models, min(counts), slot), path, backends, 0.0)
         for n in counts:
-            runs: dict[str, list[dict[str, float]]] = {"single": [], "batch": []}
+            runs: dict[str, list[dict[str, float]]] = {"single": [], "batch": [], "none": []}
             for _ in range(repeats):
                 for path in runs:
                     slot += INTERVAL
-                    runs[path].append(await one_slot(engine, part, copies(models, n, slot), path, backends))
+                    polls = copies(models, n, slot)
+                    runs[path].append(await one_slot(engine, part, polls, path, backends, spread))
             out[n] = {
                 path: {k: round(median([r[k] for r in rs]), 3) for k in rs[0]} for path, rs in runs.items()
             }
@@ -152,22 +186,39 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sources", default="1000,10000", help="comma-separated source counts")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--spread", type=float, default=0.0, help="seconds over which the polls arrive (default: all at once)"
+    )
     parser.add_argument("--database-url", help="a server to create the bench database on (default: embedded)")
     parser.add_argument("--json", action="store_true", help="stdout: only the JSON line")
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.sources.split(",")]
     with fresh_database(args.database_url) as url:
         header = (
-            f"bench/loads.py: one-account sources, {args.repeats} slot(s) per path and size "
-            f"(median), batches of up to {loads.BATCH_MAX}, {describe_server(url)}, {load_average()}"
+            f"bench/loads.py: one-account sources arriving over {args.spread:g} s, {args.repeats} slot(s) "
+            f"per path and size (median), batches of up to {loads.BATCH_MAX} (window {loads.BATCH_WAIT * 1000:g} ms), "
+            f"{describe_server(url)}, {load_average()}"
         )
-        figures = asyncio.run(measure(url, counts, args.repeats))
+        figures = asyncio.run(measure(url, counts, args.repeats, args.spread))
     table = []
     for n, paths in figures.items():
-        s, b = paths["single"], paths["batch"]
-        for key, label in (("cpu_ms", "poller CPU"), ("wall_ms", "wall"), ("pg_ms", "PostgreSQL CPU")):
-            table.append([f"{n:,}", f"{label} per source", f"{s[key]:.3f} ms", f"{b[key]:.3f} ms",
-                          f"{s[key] / b[key]:.1f}x"])  # fmt: skip
+        s, b, z = paths["single"], paths["batch"], paths["none"]
+        for key, label in (
+            ("cpu_ms", "poller CPU per source"),
+            ("pg_ms", "PostgreSQL CPU per source"),
+            ("wall_ms", "wall per source"),
+            ("tail_ms", "last result after the last poll"),
+        ):
+            table.append(
+                [f"{n:,}", label, f"{s[key]:,.3f} ms", f"{b[key]:,.3f} ms", f"{s[key] / b[key]:.1f}x"]
+            )
+        table.append([f"{n:,}", "sources per transaction", "1", f"{b['sources_per_transaction']:.1f}", ""])
+        table.append(
+            [f"{n:,}", "(the bench's own poller CPU per source, in both)", f"{z['cpu_ms']:.3f} ms", "", ""]
+        )
+        net_s, net_b = s["cpu_ms"] - z["cpu_ms"], b["cpu_ms"] - z["cpu_ms"]
+        table.append([f"{n:,}", "poller CPU per source, the load's alone", f"{net_s:.3f} ms", f"{net_b:.3f} ms",
+                      f"{net_s / net_b:.1f}x"])  # fmt: skip
     out = sys.stderr if args.json else sys.stdout
     stdout, sys.stdout = sys.stdout, out
     try:
@@ -178,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     print_json_line(
         {
             "sources": {str(n): paths for n, paths in figures.items()},
+            "load_cpu_ms": {
+                str(n): {k: round(p[k]["cpu_ms"] - p["none"]["cpu_ms"], 3) for k in ("single", "batch")}
+                for n, p in figures.items()
+            },
             "cpu_single_vs_batch": {
                 str(n): round(p["single"]["cpu_ms"] / p["batch"]["cpu_ms"], 2) for n, p in figures.items()
             },

@@ -23,7 +23,7 @@ from datetime import datetime
 from functools import partial
 
 from etl.config import SourceConfig
-from etl.daemon.health import Database
+from etl.daemon.health import DB_WORKERS, Database
 from etl.daemon.ledger import iso
 from etl.daemon.supervisor import Supervisor
 from etl.errors import StoreError
@@ -34,8 +34,10 @@ from etl.store.load import record_missed
 
 log = logging.getLogger(__name__)
 
-BATCH_WAIT = 0.005  # seconds a poll waits for others of its slot before they are sent
+BATCH_WAIT = 0.1  # seconds a poll waits for others of its slot (a slot is a minute: nothing to save)
 BATCH_MAX = 200  # polls in one transaction
+# batches in flight at once: one database thread is left for the claims, failed polls and the spool
+BATCH_SENDERS = DB_WORKERS - 1
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Loads:
         self.metrics = metrics
         self.closing: asyncio.Task[None] | None = None  # the rollup close in flight, if any
         self.waiting: dict[datetime, _Waiting] = {}  # per slot, the polls not sent yet
+        self._sending: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
     def store(self, polled: Polled) -> RunResult:
         """In a database thread. Raises StoreError."""
@@ -89,29 +92,52 @@ class Loads:
         try:
             with contextlib.suppress(TimeoutError):  # the wait is up: send what came
                 await asyncio.wait_for(waiting.full.wait(), BATCH_WAIT)
-            self._detach(slot, waiting)
-            polls = [(p, f) for p, f in waiting.polls if not f.done()]  # a cancelled slot has spooled
-            if not polls:
-                return
-            timeout = max(1.0, waiting.deadline - time.monotonic())
+            # Group commit: while every sender is busy the batch stays open, so under load
+            # the polls arriving meanwhile join it instead of queueing for a thread each.
+            senders = self._senders()
             try:
-                work = partial(self.store_together, [p for p, _ in polls])
-                outcomes = await self.database.call(work, timeout=timeout)
-            except Exception as err:  # each slot classifies it (Runner._store)
-                for _, future in polls:
+                await asyncio.wait_for(senders.acquire(), max(1.0, waiting.deadline - time.monotonic()))
+            except TimeoutError as err:
+                self._detach(slot, waiting)
+                for _, future in waiting.polls:
                     if not future.done():
                         future.set_exception(err)
                 return
-            for (_, future), outcome in zip(polls, outcomes, strict=True):
-                if future.done():
-                    continue
-                if isinstance(outcome, StoreError):
-                    future.set_exception(outcome)
-                else:
-                    future.set_result(outcome)
+            try:
+                self._detach(slot, waiting)
+                await self._store_waiting(waiting)
+            finally:
+                senders.release()
         finally:  # cancelled at shutdown: the slots still waiting spool what they have
             for _, future in waiting.polls:
                 future.cancel()
+
+    async def _store_waiting(self, waiting: _Waiting) -> None:
+        sent = [(p, f) for p, f in waiting.polls if not f.done()]  # a cancelled slot has spooled
+        if not sent:
+            return
+        timeout = max(1.0, waiting.deadline - time.monotonic())
+        outcomes: list[RunResult | StoreError] | list[Exception]
+        try:
+            outcomes = await self.database.call(
+                partial(self.store_together, [p for p, _ in sent]), timeout=timeout
+            )
+        except Exception as err:  # each slot classifies it (Runner._store)
+            outcomes = [err] * len(sent)
+        for (_, future), outcome in zip(sent, outcomes, strict=True):
+            if future.done():  # it stopped waiting
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    def _senders(self) -> asyncio.Semaphore:
+        """BATCH_SENDERS, of the running loop (a test may run the daemon's parts in several)."""
+        loop = asyncio.get_running_loop()
+        if self._sending is None or self._sending[0] is not loop:
+            self._sending = (loop, asyncio.Semaphore(BATCH_SENDERS))
+        return self._sending[1]
 
     def replay(self, entry: SpooledPoll, source: SourceConfig) -> RunResult:
         return self.store(replayed(entry, source))
