@@ -15,9 +15,10 @@ from etl import pipeline
 from etl.errors import StoreError
 from etl.pipeline import Polled, RunResult, store, store_many
 from etl.records import AccountRef, AccountRow, BalanceRow, Batch, PositionRow, RawResponse
+from etl.store import rollups
 from etl.store.engine import make_engine
 from etl.store.load import claim_slots
-from etl.store.schema import metadata
+from etl.store.schema import ROLLUPS, metadata
 from tests.helpers import SLOT, row_versions, rows, settings_for, source_entry
 
 N = 6
@@ -183,3 +184,40 @@ def test_a_database_that_is_down_is_a_transient_store_error(database_url):
         store_many(down, _polls())
     assert caught.value.transient
     down.dispose()
+
+
+def _rollups(engine: Engine) -> list[Any]:
+    return sorted(
+        (
+            tuple(r)
+            for rollup, _, _ in ROLLUPS
+            for r in rows(
+                engine,
+                f"SELECT '{rollup.name}', a.source, a.external_id, to_jsonb(t) - 'account_id' "
+                f"FROM {rollup.name} t JOIN accounts a ON a.id = t.account_id",
+            )
+        ),
+        key=repr,
+    )
+
+
+def test_a_batch_into_closed_rollup_buckets_writes_them_as_single_loads_would(engine):
+    later = SLOT + timedelta(days=2)
+    polls = _polls()
+    for loaded in (False, True):
+        rollups.close(engine, later)  # the slot's hour and day are closed: a late load upserts them
+        if loaded:
+            _ok(store_many(engine, polls))
+        else:
+            for polled in polls:
+                store(engine, polled, keep_loaded=True)
+            singly = _rollups(engine)
+            _empty(engine)
+    assert singly and _rollups(engine) == singly
+
+
+def test_the_first_batch_of_a_new_hour_asks_for_the_close_of_the_hours_before(engine):
+    store(engine, _polls()[0], keep_loaded=True)
+    polls = [replace(p, slot=SLOT + timedelta(hours=1)) for p in _polls()]
+    results = _ok(store_many(engine, polls))
+    assert {r.closes for r in results} == {SLOT + timedelta(hours=1)}
