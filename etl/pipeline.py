@@ -187,7 +187,9 @@ def store_many(engine: Engine, polls: Sequence[Polled]) -> list[RunResult | Stor
     a deadlock, a bug), the polls are tried again in two halves, down to one poll, which
     `store` loads on its own: only the culprit ends as its error row, in about
     2·log2(N) transactions. Slots `batch.Unusual` names (re-loads, an error row) are
-    loaded by `store` too. Raises StoreError(transient=True) if the database is down."""
+    loaded by `store` too. Raises StoreError(transient=True) if the database is down
+    (should it go down between two halves, the half already committed is spooled too,
+    and its spooled copy is later skipped as loaded: the first load wins)."""
     if not polls:
         return []
     if len(polls) == 1:
