@@ -25,10 +25,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from etl.config import Settings, SourceConfig
 from etl.errors import EtlError, Fault, StoreError
-from etl.faults import classify
+from etl.faults import classify, sqlstate
 from etl.records import Batch, RawResponse
-from etl.store import refused, rollups
-from etl.store.load import load_slot, lock_slot, record_failure
+from etl.store import batch, refused, rollups
+from etl.store.load import LoadResult, load_slot, lock_slot, record_failure
 from etl.venues import venue
 from etl.venues.http import VenueClient
 
@@ -153,15 +153,7 @@ def store(engine: Engine, polled: Polled, *, keep_loaded: bool = False) -> RunRe
     try:
         with engine.begin() as conn:
             if keep_loaded and lock_slot(conn, source.name, polled.slot) == "ok":
-                return RunResult(
-                    source=source.name,
-                    venue=source.venue,
-                    slot=polled.slot,
-                    status="ok",
-                    error=None,
-                    attempts=polled.attempts,
-                    already_loaded=True,
-                )
+                return _kept(polled)
             written, closes, error = _write(conn, polled)
     except Exception as err:  # classified once, here: the run row says what happened
         fault = classify(err)
@@ -182,6 +174,99 @@ def store(engine: Engine, polled: Polled, *, keep_loaded: bool = False) -> RunRe
         attempts=polled.attempts,
         seconds=time.perf_counter() - t0,
         closes=closes,
+    )
+
+
+def store_many(engine: Engine, polls: Sequence[Polled]) -> list[RunResult | StoreError]:
+    """`store(engine, p, keep_loaded=True)` for each of `polls` (batches of one slot, each
+    of its own source): one result, or the StoreError `store` would raise, per poll.
+
+    Fresh slots (the daemon's usual case) are written together in one transaction
+    (`etl.store.batch`), so each source's slot is still whole or not at all. If that
+    transaction fails for anything but an outage (a source's value PostgreSQL refuses,
+    a deadlock, a bug), the polls are tried again in two halves, down to one poll, which
+    `store` loads on its own: only the culprit ends as its error row, in about
+    2·log2(N) transactions. Slots `batch.Unusual` names (re-loads, an error row) are
+    loaded by `store` too. Raises StoreError(transient=True) if the database is down
+    (should it go down between two halves, the half already committed is spooled too,
+    and its spooled copy is later skipped as loaded: the first load wins)."""
+    if not polls:
+        return []
+    if len(polls) == 1:
+        return [_store_one(engine, polls[0])]
+    slot = polls[0].slot
+    assert all(p.slot == slot and p.batch is not None for p in polls), "one slot, polls with batches"
+    t0 = time.perf_counter()
+    try:
+        with engine.begin() as conn:
+            loaded = batch.load_slots(conn, slot, [_slot_load(p) for p in polls])
+    except batch.Unusual as err:
+        usual = [p for p in polls if p.source.name not in err.sources]
+        done = dict(zip(map(id, usual), store_many(engine, usual), strict=True))
+        return [done[id(p)] if id(p) in done else _store_one(engine, p) for p in polls]
+    except Exception as err:  # classified once, here: an outage spools them all
+        fault = classify(err)
+        if fault is Fault.DATABASE_DOWN and (sqlstate(err) or "")[:2] != "40":  # 40: a deadlock, say
+            raise StoreError(f"database: {_first_line(err)}", transient=True) from None
+        if fault is Fault.BUG:
+            log.exception("a load of %d sources together failed; loading them in halves", len(polls))
+        half = len(polls) // 2
+        return store_many(engine, polls[:half]) + store_many(engine, polls[half:])
+    seconds = time.perf_counter() - t0
+    return [
+        _loaded(polled, result, seconds) if result is not None else _kept(polled)
+        for polled, result in zip(polls, loaded, strict=True)
+    ]
+
+
+def _store_one(engine: Engine, polled: Polled) -> RunResult | StoreError:
+    try:
+        return store(engine, polled, keep_loaded=True)
+    except StoreError as err:
+        if err.transient:
+            raise
+        return err
+
+
+def _slot_load(polled: Polled) -> batch.SlotLoad:
+    assert polled.batch is not None
+    return batch.SlotLoad(
+        source=polled.source.name,
+        venue=polled.source.venue,
+        batch=polled.batch,
+        responses=polled.responses,
+        started_at=polled.started_at,
+        attempts=polled.attempts,
+    )
+
+
+def _loaded(polled: Polled, result: LoadResult, seconds: float) -> RunResult:
+    assert polled.batch is not None
+    return RunResult(
+        source=polled.source.name,
+        venue=polled.source.venue,
+        slot=polled.slot,
+        status="ok",
+        error=None,
+        counts=polled.batch.counts(),
+        written=result.written,
+        attempts=polled.attempts,
+        seconds=seconds,
+        closes=result.closes,
+    )
+
+
+def _kept(polled: Polled) -> RunResult:
+    """The slot was `ok` already: the first load wins, this one wrote nothing."""
+    source = polled.source
+    return RunResult(
+        source=source.name,
+        venue=source.venue,
+        slot=polled.slot,
+        status="ok",
+        error=None,
+        attempts=polled.attempts,
+        already_loaded=True,
     )
 
 

@@ -54,3 +54,10 @@ def test_serve_bench_times_the_overview_against_the_per_slot_reference():
     assert figures["points_90d"] == 48  # two days of hourly buckets
     for key in ("overview_page_ms", "chart_90d_ms", "first_render_ms", "sql_90d_ms", "reference_ms"):
         assert figures[key] > 0, key
+
+
+def test_loads_bench_compares_one_transaction_per_source_with_batches():
+    figures = run_bench("bench/loads.py", "--sources", "40", "--repeats", "1")
+    for path in ("single", "batch"):
+        assert figures["load_cpu_ms"]["40"][path] > 0, path
+    assert figures["sources"]["40"]["batch"]["sources_per_transaction"] > 1

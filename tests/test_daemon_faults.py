@@ -382,6 +382,7 @@ def test_a_claimed_slot_whose_load_and_spool_both_fail_ends_missed_not_running(
         raise psycopg.OperationalError("server closed the connection unexpectedly")
 
     monkeypatch.setattr(daemon.loads, "store", connection_lost)
+    monkeypatch.setattr(daemon.loads, "store_together", connection_lost)  # a poll with a batch
 
     async def go() -> str:
         outcome = await daemon.run_slot(daemon.sources["alpha"], slot, time.monotonic() + 10)

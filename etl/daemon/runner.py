@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any
 
 import httpx
@@ -139,7 +138,7 @@ class Runner:
         timeout = max(1.0, (end - datetime.now(UTC)).total_seconds())
         t0 = time.perf_counter()
         try:
-            result = await self.database.call(partial(self.loads.store, polled), timeout=timeout)
+            result = await self.loads.store_live(polled, timeout=timeout)
         except Exception as err:
             fault = self.database.failed(err, f"the load of {name} {iso(slot)}")
             self.metrics.failed(name, fault)
