@@ -1,13 +1,15 @@
 """Polling benchmark: whole daemon cycles over many accounts against the simulators.
 
-    python bench/poll.py [--accounts 1000] [--cycles 20] [--interval 7s] [--latency 0.05]
-                         [--database-url URL] [--json]
+    python bench/poll.py [--accounts 1000 | --sources 10000] [--cycles 20] [--interval 7]
+                         [--latency 0.05] [--database-url URL] [--json]
 
-The four venue simulators run in a separate process, on loopback, with `--latency` added
+The four venue simulators run in processes of their own (one per venue), on loopback, with `--latency` added
 to every request and each venue's documented rate limit (its module's `RATE_LIMIT`)
 enforced per API key: one request too many gets HTTP 429. The accounts are spread as a
 desk would have them: a tenth each on HTX and Bittap (one account per API key), the rest
-half on LTP and half on Tread.fi (up to 100 accounts behind each key).
+half on LTP and half on Tread.fi (up to 100 accounts behind each key). `--sources N`
+instead gives N single-account sources, each its own API key, a quarter on each venue: a
+desk whose every sub-account is a key.
 
 Each cycle is what the daemon does at a slot (`Daemon.run_slot` for every source at
 once: claim, poll through the per-key rate limiter, normalize, load in a worker thread),
@@ -107,6 +109,16 @@ def mix(accounts: int) -> list[Source]:
     return sources
 
 
+def singles(sources: int) -> list[Source]:
+    """`sources` one-account sources, each its own key, dealt round the four venues."""
+    out = []
+    for i in range(sources):
+        name = VENUES[i % len(VENUES)]
+        secret = f"{name}-secret-{i}" if venue_signed(name) else None
+        out.append(Source(f"{name}-{i:05d}", name, f"{name}-key-{i}", secret, 1))
+    return out
+
+
 def venue_signed(name: str) -> bool:
     return name != "treadfi"
 
@@ -114,16 +126,21 @@ def venue_signed(name: str) -> bool:
 # --- the simulators, in their own process
 
 
-def build_simulators(sources: list[Source], latency: float) -> dict[str, Simulator]:
-    sims: dict[str, Simulator] = {
-        "htx": HtxSimulator(seed=1, latency=latency),
-        "bittap": BittapSimulator(seed=2, latency=latency),
-        "ltp": LtpSimulator(seed=3, latency=latency),
-        "treadfi": TreadfiSimulator(seed=4, latency=latency),
+def build_simulators(sources: list[Source], latency: float, only: str | None = None) -> dict[str, Simulator]:
+    """The simulators of the venues in `sources` (or of `only`), each account added."""
+    makers: dict[str, Callable[[], Simulator]] = {
+        "htx": lambda: HtxSimulator(seed=1, latency=latency),
+        "bittap": lambda: BittapSimulator(seed=2, latency=latency),
+        "ltp": lambda: LtpSimulator(seed=3, latency=latency),
+        "treadfi": lambda: TreadfiSimulator(seed=4, latency=latency),
     }
+    wanted = [only] if only else sorted({s.venue for s in sources})
+    sims = {name: makers[name]() for name in wanted}
     for name, sim in sims.items():
         sim.limit_rate(*venue(name).RATE_LIMIT)
     for n, s in enumerate(sources):
+        if s.venue not in sims:
+            continue
         if s.venue == "htx":
             sims["htx"].add_account(s.key, s.secret, wallet=f"{40_000 + n}.25", btc="0.5" if n % 2 else None)  # type: ignore[attr-defined]
         elif s.venue == "bittap":
@@ -145,9 +162,9 @@ def build_simulators(sources: list[Source], latency: float) -> dict[str, Simulat
     return sims
 
 
-def serve_simulators(sources: list[Source], latency: float, conn: Any) -> None:
-    """Child process: serve the simulators until told to stop; answers stats on request."""
-    sims = build_simulators(sources, latency)
+def serve_simulators(sources: list[Source], latency: float, conn: Any, only: str) -> None:
+    """Child process: serve one venue's simulator until told to stop; answers stats on request."""
+    sims = build_simulators(sources, latency, only)
     servers = {name: SimServer(sim.app()).start() for name, sim in sims.items()}
     conn.send({name: server.url for name, server in servers.items()})
     while (message := conn.recv()) != "stop":
@@ -165,24 +182,37 @@ def serve_simulators(sources: list[Source], latency: float, conn: Any) -> None:
 @contextmanager
 def simulators(
     sources: list[Source], latency: float
-) -> Iterator[tuple[dict[str, str], Callable[[], dict[str, Any]], int]]:
+) -> Iterator[tuple[dict[str, str], Callable[[], dict[str, Any]], list[int]]]:
+    """One process per venue (so the simulators are not one GIL); yields their urls, a
+    stats function and their pids."""
     ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    process = ctx.Process(target=serve_simulators, args=(sources, latency, child), daemon=True)
-    process.start()
+    pipes, processes = {}, []
+    for name in sorted({s.venue for s in sources}):
+        parent, child = ctx.Pipe()
+        process = ctx.Process(target=serve_simulators, args=(sources, latency, child, name), daemon=True)
+        process.start()
+        pipes[name] = parent
+        processes.append(process)
     try:
-        urls = parent.recv()
+        urls: dict[str, str] = {}
+        for parent in pipes.values():
+            urls.update(parent.recv())
 
         def stats() -> dict[str, Any]:
-            parent.send("stats")
-            return dict(parent.recv())
+            out: dict[str, Any] = {}
+            for parent in pipes.values():
+                parent.send("stats")
+                out.update(parent.recv())
+            return out
 
-        yield urls, stats, int(process.pid or 0)
+        yield urls, stats, [int(p.pid or 0) for p in processes]
     finally:
-        parent.send("stop")
-        process.join(timeout=10)
-        if process.is_alive():
-            process.kill()
+        for parent in pipes.values():
+            parent.send("stop")
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
 
 
 # --- the poller side: settings, CPU accounting, cycles
@@ -338,12 +368,16 @@ class CpuShares:
     time between cycles are left out; a PostgreSQL process that ends within a cycle
     (autovacuum) is missed, so its share is a little low."""
 
-    def __init__(self, sim_pid: int):
-        self.processes = {"poller": psutil.Process(), "simulators": psutil.Process(sim_pid)}
-        self.seconds: dict[str, float] = dict.fromkeys([*self.processes, "postgres", "machine"], 0.0)
+    def __init__(self, sim_pids: list[int]):
+        self.poller = psutil.Process()
+        self.simulators = [psutil.Process(pid) for pid in sim_pids]
+        self.seconds: dict[str, float] = dict.fromkeys(["poller", "simulators", "postgres", "machine"], 0.0)
 
     def _sample(self) -> dict[str, float]:
-        out = {name: sum(p.cpu_times()[:2]) for name, p in self.processes.items()}
+        out = {
+            "poller": sum(self.poller.cpu_times()[:2]),
+            "simulators": sum(sum(p.cpu_times()[:2]) for p in self.simulators),
+        }
         out["postgres"] = 0.0
         for p in psutil.process_iter(["name", "cpu_times"]):
             if p.info["name"] == "postgres" and p.info["cpu_times"] is not None:
@@ -378,24 +412,31 @@ def cadence(sources: list[Source]) -> timedelta:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--accounts", type=int, default=1_000)
+    shape = parser.add_mutually_exclusive_group()
+    shape.add_argument("--accounts", type=int, default=1_000, help="the desk mix of the module's docstring")
+    shape.add_argument("--sources", type=int, help="this many single-account sources instead (one key each)")
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--latency", type=float, default=0.05, help="seconds added to every request")
     parser.add_argument("--interval", type=float, help="seconds between slots (default: the venues' limits)")
-    parser.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--naive",
+        action=argparse.BooleanOptionalAction,
+        help="also one naive cycle (default: up to 1,000 sources)",
+    )
     parser.add_argument("--database-url", help="a server to create the bench database on (default: embedded)")
     parser.add_argument(
         "--json", action="store_true", help="stdout: only the JSON line (the table goes to stderr)"
     )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    sources = mix(args.accounts)
+    sources = singles(args.sources) if args.sources else mix(args.accounts)
+    naive_too = args.naive if args.naive is not None else len(sources) <= 1_000
     interval = timedelta(seconds=args.interval) if args.interval else cadence(sources)
     clock = CpuClock()
     clock.install()
     with (
         fresh_database(args.database_url) as url,
-        simulators(sources, args.latency) as (urls, stats, sim_pid),
+        simulators(sources, args.latency) as (urls, stats, sim_pids),
     ):
         settings = settings_for(sources, urls, interval)
         header = (
@@ -404,12 +445,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.latency * 1000:g} ms latency, slots every {interval.total_seconds():g} s, "
             f"{describe_server(url)}, {load_average()}"
         )
-        shares = CpuShares(sim_pid)
+        shares = CpuShares(sim_pids)
         cycles = asyncio.run(daemon_cycles(settings, url, args.cycles, args.latency, clock, shares))
         # the kernel's high-water mark of this process: exact, and free (a sampling thread
         # took ~9 % of the poller's GIL time during cycles, slowing what it measured)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        naive = asyncio.run(naive_cycle(settings, url)) if args.naive else None
+        naive = asyncio.run(naive_cycle(settings, url)) if naive_too else None
         sims = stats()
     clock.uninstall()
     figures = summarize(cycles, peak, sims, naive)
@@ -418,6 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     cores = psutil.cpu_count() or 1
     figures["cpu_bound_s"] = round(shares.seconds["machine"] / len(cycles) / cores, 3)
     figures["cycle_vs_cpu_bound"] = round(figures["cycle_s"] / figures["cpu_bound_s"], 2)
+    figures["sources"] = len(sources)
+    # all-in: every CPU second of the poller process in a cycle (HTTP, normalize, load, the loop)
+    figures["poller_cpu_ms_per_source"] = round(
+        1000 * shares.seconds["poller"] / len(cycles) / len(sources), 3
+    )
     out = sys.stderr if args.json else sys.stdout
     report(header, cycles, figures, out)
     print_json_line(figures)
@@ -470,6 +516,7 @@ def report(header: str, cycles: list[Cycle], figures: dict[str, Any], out: Any) 
             "CPU s per cycle: poller / simulators / postgres / whole machine",
             " / ".join(f"{v:.2f}" for v in figures["cpu_s_per_cycle"].values()),
         ],
+        ["poller CPU per source, all-in", f"{figures['poller_cpu_ms_per_source']:.3f} ms"],
         ["CPU bound (machine CPU per cycle / cores)", f"{figures['cpu_bound_s'] * 1000:,.0f} ms"],
         ["cycle / CPU bound", f"{figures['cycle_vs_cpu_bound']:.2f}x"],
     ]

@@ -19,9 +19,10 @@ from sqlalchemy import Connection, Engine, text
 
 from etl import exactjson
 from etl.config import Settings
-from etl.errors import ConfigError, EtlError
+from etl.errors import ConfigError, EtlError, Fault, StoreError
+from etl.faults import classify
 from etl.records import Batch, RawResponse
-from etl.store import rollups
+from etl.store import refused, rollups
 from etl.store.load import load_slot
 from etl.venues import VENUES, venue
 
@@ -68,7 +69,9 @@ def replay(
         venues = _venues(reader, settings)
         unknown = sorted(set(sources or ()) - set(venues) - _stored_sources(reader))
         if unknown:
-            raise ConfigError(f"--source: unknown source {', '.join(map(repr, unknown))} (neither configured nor loaded)")
+            raise ConfigError(
+                f"--source: unknown source {', '.join(map(repr, unknown))} (neither configured nor loaded)"
+            )
         for (source, slot), responses in _stored(reader, since, sources):
             outcome = _replay_one(engine, venues.get(source), source, slot, responses)
             done.append(outcome)
@@ -121,8 +124,9 @@ def _replay_one(
 ) -> Replayed:
     if venue_name is None or venue_name not in VENUES:
         return Replayed(source, slot, f"{source}: venue unknown (not in the config, no account loaded)")
+    batch: Batch | None = None
     try:
-        batch: Batch = venue(venue_name).normalize(source, responses)
+        batch = venue(venue_name).normalize(source, responses)
         with engine.begin() as conn:
             run = conn.execute(
                 text(
@@ -143,6 +147,12 @@ def _replay_one(
             )
     except EtlError as err:
         return Replayed(source, slot, f"{source}: {err}")
-    except Exception as err:  # a bug in a normalizer: that slot's failure, not the replay's
+    except Exception as err:  # classified as the daemon's loads are (etl.faults)
+        fault = classify(err)
+        if fault is Fault.DATABASE_DOWN:  # not this slot's fault: the replay stops, nothing half-done
+            raise StoreError(f"{source} {slot.isoformat()}: database: {refused.describe(err)}") from None
+        if fault is Fault.SOURCE_DATA:  # a value PostgreSQL refuses: which table, column and row
+            return Replayed(source, slot, f"{source}: {refused.describe(err, batch)}")
+        # a bug in a normalizer: that slot's failure, not the replay's
         return Replayed(source, slot, f"{source}: internal error {type(err).__name__}: {err}")
     return Replayed(source, slot, None, sum(result.written.values()), sum(result.deleted.values()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
@@ -104,6 +105,29 @@ def test_a_slot_that_still_fails_is_reported_and_left_alone(engine, sources, mon
     assert row_versions(engine) == before
     assert rows(engine, "SELECT DISTINCT status FROM ingestion_runs") == [("ok",)]
     assert "2 still failing" in report.summary()
+
+
+def _huge_coin(source, responses):  # type: ignore[no-untyped-def]
+    """A 3 kB random currency: the index row is too big (SQLSTATE 54000), the data's fault."""
+    batch = _real(source, responses)
+    return replace(
+        batch, balances=tuple(replace(b, currency=secrets.token_hex(1500)) for b in batch.balances)
+    )
+
+
+def test_a_value_postgresql_refuses_on_replay_names_its_column_not_an_internal_error(
+    engine, sources, monkeypatch
+):
+    run(engine, sources)
+    before = row_versions(engine)
+    monkeypatch.setattr(bittap, "normalize", _huge_coin)
+    report = replay(engine, sources, sources=["seed"])
+    [failed] = report.failed
+    assert failed.error is not None and "internal error" not in failed.error
+    # a re-load stages its rows, so PostgreSQL names no COPY line: the table, and its message
+    assert failed.error.startswith("seed: index row size ") and "table balance_snapshots" in failed.error
+    assert "\n" not in failed.error
+    assert row_versions(engine) == before  # the slot as it was
 
 
 def test_etl_replay_finds_the_venue_from_loaded_accounts_when_the_config_lacks_it(
