@@ -25,7 +25,7 @@ import multiprocessing
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -67,12 +67,18 @@ async def _replica(name: str, worker: str, settings: Any, url: str, conn: Any) -
             conn.send("ready")
             while (slot := await asyncio.to_thread(conn.recv)) != "stop":
                 await asyncio.sleep(max(0.0, slot.timestamp() - time.time()))
-                deadline = time.monotonic() + (slot + interval * scheduler.POLL_SHARE).timestamp() - time.time()
+                deadline = (
+                    time.monotonic() + (slot + interval * scheduler.POLL_SHARE).timestamp() - time.time()
+                )
                 cpu0 = time.process_time()
-                outcomes = await asyncio.gather(*(daemon.run_slot(s, slot, deadline) for s in settings.sources))
+                outcomes = await asyncio.gather(
+                    *(daemon.run_slot(s, slot, deadline) for s in settings.sources)
+                )
                 seconds = time.time() - slot.timestamp()
                 polled = frozenset(
-                    s.name for s, o in zip(settings.sources, outcomes, strict=True) if o != "claimed_elsewhere"
+                    s.name
+                    for s, o in zip(settings.sources, outcomes, strict=True)
+                    if o != "claimed_elsewhere"
                 )
                 counts = {o: outcomes.count(o) for o in set(outcomes)}
                 conn.send(Ran(name, slot, seconds, time.process_time() - cpu0, polled, counts, rss_mb()))
@@ -86,10 +92,13 @@ class Replicas:
     processes: dict[str, Any] = field(default_factory=dict)
     pipes: dict[str, Any] = field(default_factory=dict)
 
-    def run(self, names: list[str], slot: datetime) -> dict[str, Ran]:
+    def run(self, names: list[str], slot: datetime, shares: Any = None) -> dict[str, Ran]:
+        """The replicas `names` run `slot`; `shares` (a `CpuShares`) counts from its start to their end."""
         for name in names:
             self.pipes[name].send(slot)
-        return {name: self.pipes[name].recv() for name in names}
+        time.sleep(max(0.0, slot.timestamp() - time.time()))
+        with shares.counting() if shares is not None else nullcontext():
+            return {name: self.pipes[name].recv() for name in names}
 
     def kill(self, name: str) -> None:
         self.processes[name].kill()
@@ -115,10 +124,8 @@ def replicas(names: list[str], build: Any, args: tuple[Any, ...], url: str) -> I
     finally:
         for name, process in out.processes.items():
             if process.is_alive():
-                try:
+                with suppress(OSError):
                     out.pipes[name].send("stop")
-                except OSError:
-                    pass
                 process.join(timeout=15)
                 if process.is_alive():
                     process.kill()
@@ -139,13 +146,17 @@ class Measured:
     kill: dict[str, Any] = field(default_factory=dict)
 
 
-def measure(reps: Replicas, interval: timedelta, cycles: int, total: int, url: str) -> Measured:
-    """Alternate one replica alone and both, then kill b half-way through a slot."""
+def measure(
+    reps: Replicas, interval: timedelta, cycles: int, total: int, url: str, shares: dict[str, Any]
+) -> Measured:
+    """Alternate one replica alone and both, then kill b half-way through a slot. `shares`
+    (one, two: `CpuShares`) count the machine's CPU in the cycles measured of each kind."""
     got = Measured()
     for i in range(WARM + cycles):
-        alone = reps.run(["a"], next_slot(interval))["a"]
-        both = reps.run(["a", "b"], next_slot(interval))
-        if i >= WARM:
+        counted = i >= WARM
+        alone = reps.run(["a"], next_slot(interval), shares["one"] if counted else None)["a"]
+        both = reps.run(["a", "b"], next_slot(interval), shares["two"] if counted else None)
+        if counted:
             got.one.append(alone)
             got.two.append(both)
     two_cycle = median([max(r.seconds for r in both.values()) for both in got.two])
@@ -190,7 +201,11 @@ def figures(got: Measured, total: int) -> dict[str, Any]:
     cpu_one = median([r.cpu_s for r in got.one])
     cpu_two = {name: round(median([both[name].cpu_s for both in got.two]), 2) for name in ("a", "b")}
     not_ok = sum(n for r in got.one for o, n in r.outcomes.items() if o != "ok") + sum(
-        n for both in got.two for r in both.values() for o, n in r.outcomes.items() if o not in ("ok", "claimed_elsewhere")
+        n
+        for both in got.two
+        for r in both.values()
+        for o, n in r.outcomes.items()
+        if o not in ("ok", "claimed_elsewhere")
     )
     return {
         "replicas": 2,
@@ -223,8 +238,14 @@ def report_rows(f: dict[str, Any]) -> list[list[str]]:
         ["share of the sources: a / b", f"{f['share']['a']:.1%} / {f['share']['b']:.1%} ({f['split']})"],
         ["slots polled by both replicas / by neither", f"{f['polled_twice']} / {f['unpolled']}"],
         ["slots not ok", str(f["not_ok"])],
-        ["poller CPU per cycle: one alone / a, b together", f"{f['cpu_s_one']:.2f} s / {f['cpu_s_two']['a']:.2f}, {f['cpu_s_two']['b']:.2f} s"],
-        ["poller CPU per source: one / two (sum)", f"{f['cpu_ms_per_source_one']:.3f} / {f['cpu_ms_per_source_two']:.3f} ms"],
+        [
+            "poller CPU per cycle: one alone / a, b together",
+            f"{f['cpu_s_one']:.2f} s / {f['cpu_s_two']['a']:.2f}, {f['cpu_s_two']['b']:.2f} s",
+        ],
+        [
+            "poller CPU per source: one / two (sum)",
+            f"{f['cpu_ms_per_source_one']:.3f} / {f['cpu_ms_per_source_two']:.3f} ms",
+        ],
         ["throughput with a core per replica (CPU one / busiest of two)", f"{f['cpu_bound_ratio']:.2f}x"],
         ["RSS per replica: a / b", f"{f['rss_mb']['a']} / {f['rss_mb']['b']} MB"],
         [
@@ -236,5 +257,3 @@ def report_rows(f: dict[str, Any]) -> list[list[str]]:
             f"{k['next_slot_survivor_polled']:,} of {k['sources']:,} / {k['next_slot_runs']}",
         ],
     ]
-
-

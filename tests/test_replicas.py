@@ -175,7 +175,8 @@ def test_the_pace_gives_way_halfway_through_the_poll_budget(tmp_path, session_en
 
 def test_each_replica_walks_every_chunk_once_from_its_own_place():
     names = [f"s{i:03d}" for i in range(1000)]
-    walks = [Claims(None, None, worker, chunk=200).chunks(names[::-1]) for worker in ("a:1:x", "b:2:y")]  # type: ignore[arg-type]
+    slot = datetime(2026, 1, 1, tzinfo=UTC)
+    walks = [Claims(None, None, w, chunk=200).chunks(names[::-1], slot) for w in ("a:1:x", "b:2:y")]  # type: ignore[arg-type]
     for walk in walks:
         assert sorted(n for chunk in walk for n in chunk) == names
         assert all(chunk == sorted(chunk) for chunk in walk)  # claimed in one order: no deadlock
