@@ -1,7 +1,7 @@
 """Polling benchmark: whole daemon cycles over many accounts against the simulators.
 
     python bench/poll.py [--accounts 1000 | --sources 10000] [--cycles 20] [--interval 7]
-                         [--latency 0.05] [--database-url URL] [--json]
+                         [--latency 0.05] [--replicas 2] [--database-url URL] [--json]
 
 The four venue simulators run in processes of their own (one per venue), on loopback, with `--latency` added
 to every request and each venue's documented rate limit (its module's `RATE_LIMIT`)
@@ -47,6 +47,7 @@ import psutil
 if not __package__:  # run as `python bench/poll.py`: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import replicas
 from bench.harness import (
     describe_server,
     fresh_database,
@@ -378,21 +379,28 @@ class CpuShares:
             "poller": sum(self.poller.cpu_times()[:2]),
             "simulators": sum(sum(p.cpu_times()[:2]) for p in self.simulators),
         }
-        out["postgres"] = 0.0
-        for p in psutil.process_iter(["name", "cpu_times"]):
-            if p.info["name"] == "postgres" and p.info["cpu_times"] is not None:
-                out["postgres"] += sum(p.info["cpu_times"][:2])
         machine = psutil.cpu_times()
         out["machine"] = machine.user + machine.system + machine.nice
         return out
 
+    @staticmethod
+    def _postgres() -> dict[int, float]:
+        return {
+            p.pid: sum(p.info["cpu_times"][:2])
+            for p in psutil.process_iter(["name", "cpu_times"])
+            if p.info["name"] == "postgres" and p.info["cpu_times"] is not None
+        }
+
     @contextmanager
     def counting(self) -> Iterator[None]:
-        start = self._sample()
+        start, postgres = self._sample(), self._postgres()
         yield
         end = self._sample()
         for name in end:
             self.seconds[name] += end[name] - start[name]
+        # per process: one that ended meanwhile (a pooled connection closed) takes its
+        # CPU with it, which summed over all would count as negative
+        self.seconds["postgres"] += sum(cpu - postgres.get(pid, 0.0) for pid, cpu in self._postgres().items())
 
 
 # --- report
@@ -423,6 +431,13 @@ def main(argv: list[str] | None = None) -> int:
         action=argparse.BooleanOptionalAction,
         help="also one naive cycle (default: up to 1,000 sources)",
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: two daemon processes on one database, against one alone (bench/replicas.py)",
+    )
     parser.add_argument("--database-url", help="a server to create the bench database on (default: embedded)")
     parser.add_argument(
         "--json", action="store_true", help="stdout: only the JSON line (the table goes to stderr)"
@@ -432,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     sources = singles(args.sources) if args.sources else mix(args.accounts)
     naive_too = args.naive if args.naive is not None else len(sources) <= 1_000
     interval = timedelta(seconds=args.interval) if args.interval else cadence(sources)
+    if args.replicas == 2:
+        return two_replicas(args, sources, interval)
     clock = CpuClock()
     clock.install()
     with (
@@ -466,6 +483,52 @@ def main(argv: list[str] | None = None) -> int:
     )
     out = sys.stderr if args.json else sys.stdout
     report(header, cycles, figures, out)
+    print_json_line(figures)
+    return 0
+
+
+def two_replicas(args: argparse.Namespace, sources: list[Source], interval: timedelta) -> int:
+    """`--replicas 2`: see bench/replicas.py."""
+    with (
+        fresh_database(args.database_url) as url,
+        simulators(sources, args.latency) as (urls, stats, sim_pids),
+        replicas.replicas(["a", "b"], settings_for, (sources, urls, interval), url) as reps,
+    ):
+        header = (
+            f"bench/poll.py --replicas 2: {len(sources):,} sources "
+            f"({', '.join(f'{v} {sum(s.venue == v for s in sources)}' for v in VENUES)}), "
+            f"{args.latency * 1000:g} ms latency, slots every {interval.total_seconds():g} s, "
+            f"{describe_server(url)}, {load_average()}"
+        )
+        shares = {"one": CpuShares(sim_pids), "two": CpuShares(sim_pids)}
+        got = replicas.measure(reps, interval, args.cycles, len(sources), url, shares)
+        sims = stats()
+    figures = replicas.figures(got, len(sources))
+    cores = psutil.cpu_count() or 1
+    for kind, counted in shares.items():
+        per_cycle = {k: v / figures["cycles"] for k, v in counted.seconds.items() if k != "poller"}
+        figures[f"cpu_s_per_cycle_{kind}"] = {k: round(v, 2) for k, v in per_cycle.items()}
+        figures[f"{kind}_cycle_vs_cpu_bound"] = round(figures[f"{kind}_cycle_s"] / (per_cycle["machine"] / cores), 2)
+    figures["rate_limited"] = sum(v["rate_limited"] for v in sims.values())
+    figures["requests"] = sum(v["requests"] for v in sims.values())
+    rows = replicas.report_rows(figures)
+    for kind in ("one", "two"):
+        cpu = figures[f"cpu_s_per_cycle_{kind}"]
+        rows.append(
+            [
+                f"CPU s per cycle, {kind}: simulators / postgres / whole machine; cycle / CPU bound",
+                f"{cpu['simulators']:.2f} / {cpu['postgres']:.2f} / {cpu['machine']:.2f}; "
+                f"{figures[f'{kind}_cycle_vs_cpu_bound']:.2f}x",
+            ]
+        )
+    rows.append(["429s provoked / requests", f"{figures['rate_limited']} / {figures['requests']:,}"])
+    out = sys.stderr if args.json else sys.stdout
+    print(header, file=out)
+    stdout, sys.stdout = sys.stdout, out
+    try:
+        print_table(["figure", "value"], rows)
+    finally:
+        sys.stdout = stdout
     print_json_line(figures)
     return 0
 

@@ -214,7 +214,7 @@ def test_claims_cut_off_by_shutdown_leave_no_slot_waiting(tmp_path, session_engi
         return await asyncio.wait_for(claim, 5)
 
     assert asyncio.run(go()) is None  # not claimed: the slot goes on as if the database were down
-    assert daemon.claims.waiting == {}
+    assert daemon.claims.rounds == {}
 
 
 def test_a_claim_left_by_a_dead_worker_is_marked_missed(engine, tmp_path, venue):

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from sqlalchemy import Engine
 
@@ -25,7 +25,9 @@ from etl.store.engine import ping
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DB_WORKERS = 4  # threads for database calls; below SQLAlchemy's pool size, so none waits for a connection
+# threads for database calls; with the claims' thread, SQLAlchemy's pool size: none waits for a connection
+DB_WORKERS = 4
+CLAIM_WORKERS = 1  # a thread of their own: a replica's next claims never queue behind its loads
 DB_TIMEOUT = 30.0  # seconds for a drain step or a missed-slot record before the database counts as down
 CONNECT_TIMEOUT = 10.0
 
@@ -43,12 +45,18 @@ class Database:
         self.up = False
         self._migrated = False
         self._answers = asyncio.Event()  # set while up: the drain and the ledger wait on it
-        self._pool = ThreadPoolExecutor(DB_WORKERS, thread_name_prefix="etl-db")
+        self._pools = {
+            "work": ThreadPoolExecutor(DB_WORKERS, thread_name_prefix="etl-db"),
+            "claims": ThreadPoolExecutor(CLAIM_WORKERS, thread_name_prefix="etl-claims"),
+        }
 
-    async def call(self, work: Callable[[], T], *, timeout: float = DB_TIMEOUT) -> T:
-        """Run a blocking database call in the worker threads. On timeout the thread runs
-        on, but the caller moves on: a late commit is harmless (loads skip a loaded slot)."""
-        future = asyncio.get_running_loop().run_in_executor(self._pool, work)
+    async def call(
+        self, work: Callable[[], T], *, timeout: float = DB_TIMEOUT, lane: Literal["work", "claims"] = "work"
+    ) -> T:
+        """Run a blocking database call in the worker threads of its lane. On timeout the
+        thread runs on, but the caller moves on: a late commit is harmless (loads skip a
+        loaded slot)."""
+        future = asyncio.get_running_loop().run_in_executor(self._pools[lane], work)
         return await asyncio.wait_for(future, timeout)
 
     def failed(self, err: BaseException, what: str) -> Fault:
@@ -118,4 +126,5 @@ class Database:
             await asyncio.sleep(self.tick)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)

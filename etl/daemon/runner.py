@@ -97,6 +97,7 @@ class Runner:
             return "error"
         finally:
             self.inflight.discard(task)
+            self.claims.release(source.name, slot)  # room for this replica's next claims
 
     async def _slot(self, source: SourceConfig, slot: datetime, deadline: float) -> str:
         timing = self.timing[source.name]
