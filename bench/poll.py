@@ -252,6 +252,7 @@ class CpuClock:
             module: Any = venue(name)
             self._wrap(module, "normalize", counted=True)
         self._wrap(loads, "store")
+        self._wrap(loads, "store_many")  # the batched live loads (a halving fallback counts twice: rare)
         self._wrap(pipeline, "store")
         original_poll, original_send = runner.poll, VenueClient._send_once
         sent: dict[int, int] = {}
@@ -508,7 +509,9 @@ def two_replicas(args: argparse.Namespace, sources: list[Source], interval: time
     for kind, counted in shares.items():
         per_cycle = {k: v / figures["cycles"] for k, v in counted.seconds.items() if k != "poller"}
         figures[f"cpu_s_per_cycle_{kind}"] = {k: round(v, 2) for k, v in per_cycle.items()}
-        figures[f"{kind}_cycle_vs_cpu_bound"] = round(figures[f"{kind}_cycle_s"] / (per_cycle["machine"] / cores), 2)
+        figures[f"{kind}_cycle_vs_cpu_bound"] = round(
+            figures[f"{kind}_cycle_s"] / (per_cycle["machine"] / cores), 2
+        )
     figures["rate_limited"] = sum(v["rate_limited"] for v in sims.values())
     figures["requests"] = sum(v["requests"] for v in sims.values())
     rows = replicas.report_rows(figures)
