@@ -28,6 +28,7 @@ their rows and the rollups are all that is left of them.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -55,6 +56,7 @@ class Rebuilt:
     since: datetime
     until: datetime
     rows: int
+    seconds: float = 0.0  # the statement's wall time (bench/load.py amortizes closes by width)
 
 
 def _keys(rollup: Table) -> list[str]:
@@ -231,8 +233,9 @@ def close(engine: Engine, until: datetime) -> list[Rebuilt]:
             for rollup, fine, w in ROLLUPS:
                 if w == width:
                     sql = rebuild_sql(rollup, _feed(rollup, fine, width), width)
+                    started = time.perf_counter()
                     rows = conn.execute(text(sql), {"since": since, "until": end}).rowcount
-                    done.append(Rebuilt(rollup.name, since, end, rows))
+                    done.append(Rebuilt(rollup.name, since, end, rows, time.perf_counter() - started))
             conn.execute(
                 text(
                     "INSERT INTO rollup_watermarks (width, closed_until) VALUES (:width, :until) "
