@@ -28,6 +28,7 @@ their rows and the rollups are all that is left of them.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -55,6 +56,7 @@ class Rebuilt:
     since: datetime
     until: datetime
     rows: int
+    seconds: float = 0.0  # the statement's wall time (bench/load.py amortizes closes by width)
 
 
 def _keys(rollup: Table) -> list[str]:
@@ -231,8 +233,9 @@ def close(engine: Engine, until: datetime) -> list[Rebuilt]:
             for rollup, fine, w in ROLLUPS:
                 if w == width:
                     sql = rebuild_sql(rollup, _feed(rollup, fine, width), width)
+                    started = time.perf_counter()
                     rows = conn.execute(text(sql), {"since": since, "until": end}).rowcount
-                    done.append(Rebuilt(rollup.name, since, end, rows))
+                    done.append(Rebuilt(rollup.name, since, end, rows, time.perf_counter() - started))
             conn.execute(
                 text(
                     "INSERT INTO rollup_watermarks (width, closed_until) VALUES (:width, :until) "
@@ -255,31 +258,29 @@ def rebuild_sql(rollup: Table, source: Table, width: str) -> str:
     """[since, until) of a rollup, from `source` (a snapshot table or a finer rollup), into
     buckets that hold no row (a close: past the watermark; a rebuild: just deleted).
 
-    Each key's last slot in each bucket is found by a grouped `max(snapshot_ts)` over the
-    range, and its row fetched by a join on the key and that slot (a slot lies in one
-    bucket, so the pair is unique). The DISTINCT ON of earlier versions sorted every row
-    of the range; the aggregate hashes the keys only (measured: bench/load.py's hour of
-    500,000 rows into 50,000 buckets, embedded PostgreSQL 16, 0.88 s against 1.31 s,
-    the sort having spilled 94 MB to disk even at 64 MB of work_mem; 1,000,000 rows on
-    PostgreSQL 15, 1.2 s against 2.6 s).
-    The range is repeated on the joined side, so only the range's rows are read there
-    too. A plain INSERT: with no row in those buckets nothing can conflict, and ON
-    CONFLICT's speculative insertion cost a third of the statement."""
-    keys = ["account_id", *_keys(rollup)]
-    # a rollup feed is indexed by bucket (its hours lie inside the day being rebuilt);
-    # a snapshot table is partitioned by slot
+    Each key's last slot (or, from a finer rollup, last bucket) in each bucket is found by
+    a grouped `max()` over the range, and its row fetched by one probe of `source`'s
+    primary key, which ends with that time column (a slot lies in one bucket, so the pair
+    is unique). The DISTINCT ON of earlier versions sorted every row of the range; the
+    aggregate hashes the keys only (measured: bench/load.py's hour of 500,000 rows into
+    50,000 buckets, 0.88 s against 1.31 s). The probes are forced (a LATERAL subquery with
+    `OFFSET 0`, as in `upsert.source_rows`): joined plainly, the planner, expecting six
+    times more groups than keys, hashed every row of the range a second time to join them
+    back (measured, bench/load.py's production hour of 60 slots, 3,000,000 rows into
+    50,000 buckets, embedded PostgreSQL 16: 13.1 s, 8.5 of them in that hash, spilled to
+    disk in 8 batches; the day from 1,200,000 hourly rows sorted them all: 4.8 s).
+    A plain INSERT: with no row in those buckets nothing can conflict, and ON CONFLICT's
+    speculative insertion cost a third of the statement."""
+    # a rollup feed's key ends with its bucket (its hours lie inside the day being
+    # rebuilt); a snapshot table's with the slot, by which it is also partitioned
     time = "bucket" if "bucket" in source.columns else "snapshot_ts"
-
-    def in_range(alias: str = "") -> str:
-        return f"{alias}{time} >= :since AND {alias}{time} < :until"
-
-    by_key = " AND ".join(f"f.{k} = g.{k}" for k in keys)
+    keys = ["account_id", *_keys(rollup)]
+    probe = " AND ".join([*(f"f.{k} = g.{k}" for k in keys), f"f.{time} = g.last"])
     return (
         f"{_insert_head(rollup)} SELECT {_select_list(rollup, width, alias='f')} FROM "
-        f"(SELECT {', '.join(keys)}, max(snapshot_ts) AS last FROM {source.name} WHERE {in_range()} "
-        f"GROUP BY {', '.join(keys)}, {_bucket(width)}) AS g "
-        f"JOIN {source.name} AS f ON {by_key} AND f.snapshot_ts = g.last "
-        f"WHERE {in_range('f.')}"
+        f"(SELECT {', '.join(keys)}, max({time}) AS last FROM {source.name} "
+        f"WHERE {time} >= :since AND {time} < :until GROUP BY {', '.join(keys)}, {_bucket(width, time)}) AS g "
+        f"CROSS JOIN LATERAL (SELECT * FROM {source.name} AS f WHERE {probe} OFFSET 0) AS f"
     )
 
 

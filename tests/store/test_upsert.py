@@ -203,6 +203,14 @@ def test_a_key_sent_twice_is_the_sources_error_naming_the_key(engine):
 
 
 @pytest.mark.db
+def test_a_key_sent_twice_on_a_re_load_is_refused_too(engine):
+    load(engine, balances(3))  # the re-load's stage has no key: checked before, not by the table
+    twice = (*balances(3), balances(3)[1])
+    with pytest.raises(NormalizeError, match=r"balance_snapshots: the venue sent \('Spot', 'C001'\) twice"):
+        load(engine, twice)
+
+
+@pytest.mark.db
 def test_a_row_of_an_unlisted_account_is_refused(engine):
     stray = (*balances(2), replace(balances(1)[0], account="other"))
     with pytest.raises(NormalizeError, match="row for account 'other' that the batch does not list"):
