@@ -22,8 +22,9 @@ every exchange and classifies every failure once (`etl.faults`):
 Messages are built from safe parts only (venue, method, endpoint path, status, exception
 type, the OS's text for an errno), never from `str()` of an httpx error, which can quote
 a header and so a credential. The source's secrets are replaced by `***` in every body
-before anything reads it. The httpx client is shared (connection pooling); tests pass
-one built on `httpx.ASGITransport(simulator)`.
+before anything reads it. The httpx client is handed in: the daemon's is the source's own
+(kept between slots), a one-shot command's its venue host's (`HostPools`); tests pass one
+built on `httpx.ASGITransport(simulator)`.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from etl.records import RawResponse
 RequestFactory = Callable[[], httpx.Request]
 EnvelopeCheck = Callable[[int, Any], None]
 
+HOST_CONNECTIONS = 32  # per venue host, for a one-shot command: see HostPools
 SUCCESS = 200  # every venue we poll answers its data with 200 (shared/venues/*.md)
 DEFAULT_MAX_BODY = 16 * 2**20  # real balance answers are kilobytes; see [schedule] max_body
 REJECTED = "etl_rejected_body"  # the key that marks a raw payload as ours, not the venue's
@@ -329,6 +331,53 @@ class VenueClient:
     def _reject(self, endpoint: str, status: int, fetched_at: datetime, reason: str, content: bytes | None) -> None:
         body = rejected_body(reason, content)
         self.received.append(RawResponse(endpoint=endpoint, http_status=status, body=body, fetched_at=fetched_at))
+
+
+class HostPools:
+    """The HTTP clients of a command that polls many sources once (`etl run --once`, `etl
+    check`): one pool per venue host of at most `connections` connections, and a gate that
+    lets as many of that host's sources poll at a time, so that no request waits in
+    httpcore's queue. httpcore matches its whole queue against every connection on each
+    request and response (quadratic): 10,000 sources on one shared pool spent the command's
+    deadline there and sent no request at all (issue 17). A pool per source, the daemon's
+    choice (its connections live from slot to slot), would here cost a connection and a TLS
+    handshake per source; the sources of a host share a few warm connections instead.
+
+    A `client` handed in (a test's ASGI transport) serves every host; the gates still apply.
+    """
+
+    def __init__(self, connections: int = HOST_CONNECTIONS, client: httpx.AsyncClient | None = None):
+        self.connections = connections
+        self._shared = client
+        self._clients: dict[tuple[str, str, int | None], httpx.AsyncClient] = {}
+        self._gates: dict[tuple[str, str, int | None], asyncio.Semaphore] = {}
+        self._tls = httpx.create_ssl_context() if client is None else None  # the CA bundle loaded once
+
+    def client(self, base_url: str) -> httpx.AsyncClient:
+        if self._shared is not None:
+            return self._shared
+        host = _host(base_url)
+        if host not in self._clients:
+            limits = httpx.Limits(max_connections=self.connections, max_keepalive_connections=self.connections)
+            self._clients[host] = httpx.AsyncClient(limits=limits, verify=self._tls or True)
+        return self._clients[host]
+
+    def gate(self, base_url: str) -> asyncio.Semaphore:
+        """Held by a source for its whole poll: a venue host has `connections` sources in flight."""
+        return self._gates.setdefault(_host(base_url), asyncio.Semaphore(self.connections))
+
+    async def __aenter__(self) -> HostPools:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+
+def _host(base_url: str) -> tuple[str, str, int | None]:
+    url = httpx.URL(base_url)
+    return url.scheme, url.host, url.port
 
 
 def _location(response: httpx.Response) -> str:
