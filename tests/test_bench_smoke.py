@@ -54,3 +54,15 @@ def test_serve_bench_times_the_overview_against_the_per_slot_reference():
     assert figures["points_90d"] == 48  # two days of hourly buckets
     for key in ("overview_page_ms", "chart_90d_ms", "first_render_ms", "sql_90d_ms", "reference_ms"):
         assert figures[key] > 0, key
+
+
+def test_once_bench_runs_the_command_over_many_sources_and_counts_them_all_ok():
+    figures = run_bench("bench/once.py", "--sources", "12")
+    assert figures["ok"] == 12 and figures["failed"] == 0 and figures["rate_limited"] == 0
+    assert figures["requests"] >= 12 and figures["poller_cpu_s"] > 0
+
+
+def test_transport_bench_reports_cpu_per_request_of_both_transports():
+    figures = run_bench("bench/transport.py", "--requests", "40", "--runs", "1", "--concurrency", "1", "4")
+    for key in ("httpx_cpu_us_c1", "httpx-aiohttp_cpu_us_c4", "aiohttp_vs_httpx_cpu_c4"):
+        assert figures[key] > 0, key
