@@ -15,7 +15,6 @@ from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import httpx
 import typer
 from rich.console import Console
 from rich.measure import Measurement
@@ -26,8 +25,9 @@ from sqlalchemy.exc import DBAPIError
 from etl import logs
 from etl.config import Settings, SourceConfig, check_for_daemon, load_settings, parse_duration
 from etl.errors import ConfigError, EtlError
-from etl.pipeline import RunResult, client_for, command_deadline, poll, run_sources
+from etl.pipeline import RunResult, command_deadline, poll_pooled, run_sources
 from etl.slots import floor_to_slot, parse_slot, refuse_future
+from etl.venues.http import HostPools
 
 app = typer.Typer(
     help="balance ETL: polls crypto trading accounts and loads exact, idempotent snapshots into PostgreSQL.",
@@ -168,11 +168,7 @@ def run(
     engine = _engine(settings, schema="upgrade")
     slot_of = {s.name: floor_to_slot(fixed or _now(), settings.interval_of(s)) for s in sources}
 
-    async def go() -> list[RunResult]:
-        async with httpx.AsyncClient() as client:
-            return await run_sources(settings, sources, slot_of, engine, client, deadline=ends)
-
-    results = asyncio.run(go())
+    results = asyncio.run(run_sources(settings, sources, slot_of, engine, deadline=ends))
     out.print(_summary(results))
     failed = [r for r in results if r.status != "ok"]
     for r in failed:
@@ -205,14 +201,10 @@ def check(config: ConfigOption = None, deadline: DeadlineOption = None) -> None:
     out.print(f"config {settings.path or '(none)'}: ok, {len(settings.sources)} source(s)")
 
     async def go() -> list[tuple[str, str | None, dict[str, int]]]:
-        async with httpx.AsyncClient() as client:
+        async with HostPools() as pools:
             polled = await asyncio.gather(
                 *(
-                    poll(
-                        s,
-                        floor_to_slot(_now(), settings.interval_of(s)),
-                        client_for(s, client, settings, deadline=ends),
-                    )
+                    poll_pooled(s, floor_to_slot(_now(), settings.interval_of(s)), settings, pools, ends)
                     for s in settings.sources
                 )
             )

@@ -30,7 +30,7 @@ from etl.records import Batch, RawResponse
 from etl.store import batch, refused, rollups
 from etl.store.load import LoadResult, load_slot, lock_slot, record_failure
 from etl.venues import venue
-from etl.venues.http import VenueClient
+from etl.venues.http import HostPools, VenueClient
 
 log = logging.getLogger(__name__)
 _closing = threading.Lock()  # one close of rollup buckets at a time per process
@@ -86,6 +86,10 @@ def command_deadline(settings: Settings, sources: Sequence[SourceConfig]) -> tim
     return min((settings.interval_of(s) for s in sources), default=settings.schedule.interval) * COMMAND_SHARE
 
 
+def base_url_of(source: SourceConfig) -> str:
+    return source.base_url or venue(source.venue).DEFAULT_BASE_URL
+
+
 def client_for(
     source: SourceConfig,
     client: httpx.AsyncClient,
@@ -95,12 +99,11 @@ def client_for(
     deadline: float | None = None,
     backoff_initial: float | None = None,
 ) -> VenueClient:
-    module = venue(source.venue)
     backoff: dict[str, Any] = {} if backoff_initial is None else {"backoff_initial": backoff_initial}
     return VenueClient(
         client,
         source.venue,
-        source.base_url or module.DEFAULT_BASE_URL,
+        base_url_of(source),
         timeout=settings.schedule.timeout.total_seconds(),
         limiter=limiter,
         deadline=deadline,
@@ -137,6 +140,16 @@ async def poll(source: SourceConfig, slot: datetime, http: VenueClient) -> Polle
         attempts=http.attempts,
         fault=fault,
     )
+
+
+async def poll_pooled(
+    source: SourceConfig, slot: datetime, settings: Settings, pools: HostPools, deadline: float | None
+) -> Polled:
+    """`poll` through the source's venue host's pool, once its gate lets the source in (a
+    source let in after the deadline fails at once, with the deadline's error)."""
+    base_url = base_url_of(source)
+    async with pools.gate(base_url):
+        return await poll(source, slot, client_for(source, pools.client(base_url), settings, deadline=deadline))
 
 
 def store(engine: Engine, polled: Polled, *, keep_loaded: bool = False) -> RunResult:
@@ -346,16 +359,28 @@ async def run_sources(
     sources: Sequence[SourceConfig],
     slot_of: dict[str, datetime],
     engine: Engine,
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient | None = None,
     deadline: float | None = None,
 ) -> list[RunResult]:
     """Poll the sources concurrently, by `deadline` (time.monotonic()) if given, and store
-    each as it arrives; one result per source."""
+    each as it arrives; one result per source. Each venue host is polled through a pool
+    of its own, a bounded number of its sources at a time (`HostPools`); a `client` given
+    (a test's ASGI transport) serves every host."""
+    async with HostPools(client=client) as pools:
+        return await _run_sources(settings, sources, slot_of, engine, pools, deadline)
 
+
+async def _run_sources(
+    settings: Settings,
+    sources: Sequence[SourceConfig],
+    slot_of: dict[str, datetime],
+    engine: Engine,
+    pools: HostPools,
+    deadline: float | None,
+) -> list[RunResult]:
     async def one(source: SourceConfig) -> RunResult:
         t0 = time.perf_counter()
-        http = client_for(source, client, settings, deadline=deadline)
-        polled = await poll(source, slot_of[source.name], http)
+        polled = await poll_pooled(source, slot_of[source.name], settings, pools, deadline)
         try:
             result = await asyncio.to_thread(store, engine, polled)
         except StoreError as err:

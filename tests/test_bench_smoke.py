@@ -69,3 +69,15 @@ def test_loads_bench_compares_one_transaction_per_source_with_batches():
     for path in ("single", "batch"):
         assert figures["load_cpu_ms"]["40"][path] > 0, path
     assert figures["sources"]["40"]["batch"]["sources_per_transaction"] > 1
+
+
+def test_once_bench_runs_the_command_over_many_sources_and_counts_them_all_ok():
+    figures = run_bench("bench/once.py", "--sources", "12")
+    assert figures["ok"] == 12 and figures["failed"] == 0 and figures["rate_limited"] == 0
+    assert figures["requests"] >= 12 and figures["poller_cpu_s"] > 0
+
+
+def test_transport_bench_reports_cpu_per_request_of_both_transports():
+    figures = run_bench("bench/transport.py", "--requests", "40", "--runs", "1", "--concurrency", "1", "4")
+    for key in ("httpx_cpu_us_c1", "httpx-aiohttp_cpu_us_c4", "aiohttp_vs_httpx_cpu_c4"):
+        assert figures[key] > 0, key

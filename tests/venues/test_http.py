@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from httpx_aiohttp import AiohttpTransport
 
 from etl import exactjson
 from etl.errors import Fault, VenueError
@@ -46,8 +47,24 @@ def test_a_snippet_is_one_line_without_control_characters():
     assert snippet(b"<h1>bad\x00\r\ngate\x1bway</h1>") == "bad gate way"
 
 
+TRANSPORTS = {
+    "httpx": httpx.AsyncClient,  # the daemon's, one client per source
+    "httpx-aiohttp": lambda: httpx.AsyncClient(transport=AiohttpTransport()),  # run --once's and check's (HostPools)
+}
+_transport = ["httpx"]
+
+
+@pytest.fixture(autouse=True, params=list(TRANSPORTS))
+def transport(request):
+    """Every bound of the seam holds on both transports it is used with."""
+    _transport[0] = request.param
+    yield request.param
+    _transport[0] = "httpx"
+
+
 def client(url: str, **more: Any) -> VenueClient:
-    return VenueClient(httpx.AsyncClient(), "bittap", url, **{"timeout": 0.5, "backoff_initial": 0.01, **more})
+    made = TRANSPORTS[_transport[0]]()
+    return VenueClient(made, "bittap", url, **{"timeout": 0.5, "backoff_initial": 0.01, **more})
 
 
 def accept(status: int, body: Any) -> None:
@@ -145,7 +162,8 @@ def test_a_meaningless_or_past_retry_after_is_an_ordinary_retry(sim, wait):
 def test_a_request_httpx_refuses_is_tried_once_and_its_message_shows_no_header(sim):
     http = client(sim.url)
     err = failure(http, {"X-BT-APIKEY": SECRET + "\n"})
-    assert str(err) == f"bittap GET {PATH}: request refused before sending (LocalProtocolError)"
+    refusal = "LocalProtocolError" if _transport[0] == "httpx" else "ValueError"  # h11's, aiohttp's
+    assert str(err) == f"bittap GET {PATH}: request refused before sending ({refusal})"
     assert classify(err) is Fault.VENUE_TERMINAL and http.attempts == 1 and sim.requests[PATH] == 0
 
 
