@@ -50,7 +50,9 @@ def test_poll_bench_runs_daemon_cycles_without_provoking_a_429():
 
 
 def test_poll_bench_with_two_replicas_polls_each_slot_once_and_fails_over():
-    figures = run_bench("bench/poll.py", "--sources", "8", "--cycles", "1", "--interval", "3", "--replicas", "2")
+    figures = run_bench(
+        "bench/poll.py", "--sources", "8", "--cycles", "1", "--interval", "3", "--replicas", "2"
+    )
     assert figures["polled_twice"] == 0 and figures["unpolled"] == 0 and figures["not_ok"] == 0
     assert figures["rate_limited"] == 0
     assert figures["failover"]["next_slot_runs"] == {"ok": 8}  # the survivor took every source

@@ -38,7 +38,7 @@ from etl import exactjson
 from etl.records import Batch, RawResponse
 from etl.store import copy, locks, partitions, rollups, upsert
 from etl.store.engine import driver_cursor
-from etl.store.load import _LOADED, _TAIL, LoadResult, _check
+from etl.store.load import _LOADED, _TAIL, LoadResult, _check_accounts, _check_keys
 from etl.store.schema import raw_payloads
 
 FRESH = frozenset({"running", "missed"})  # statuses (besides no row) of a slot nothing was loaded for
@@ -72,7 +72,7 @@ class Unusual(Exception):
 def load_slots(conn: Connection, slot: datetime, loads: Sequence[SlotLoad]) -> list[LoadResult | None]:
     """Load every source's batch for `slot`; one result per load, in order (None: the slot
     was `ok` already and is kept). Raises `Unusual` before writing anything the caller
-    would keep (it rolls back), and whatever PostgreSQL or `_check` refuse."""
+    would keep (it rolls back), and whatever PostgreSQL or the checks refuse."""
     names = [load.source for load in loads]
     if len(set(names)) != len(names):
         raise ValueError("a source twice in one batch")
@@ -234,7 +234,8 @@ def _copy_snapshots(
     for table, layout, attr in _LOADED:
         for load in loads:
             records = getattr(load.batch, attr)
-            _check(records, ids[load.source], table)
+            _check_accounts(records, ids[load.source], table)
+            _check_keys(records, table)  # one COPY for many sources: a bad key is found before it
             written[load.source][table.name] = len(records)
         if not any(written[load.source][table.name] for load in loads):
             continue
