@@ -149,7 +149,9 @@ async def poll_pooled(
     source let in after the deadline fails at once, with the deadline's error)."""
     base_url = base_url_of(source)
     async with pools.gate(base_url):
-        return await poll(source, slot, client_for(source, pools.client(base_url), settings, deadline=deadline))
+        return await poll(
+            source, slot, client_for(source, pools.client(base_url), settings, deadline=deadline)
+        )
 
 
 def store(engine: Engine, polled: Polled, *, keep_loaded: bool = False) -> RunResult:
@@ -190,9 +192,12 @@ def store(engine: Engine, polled: Polled, *, keep_loaded: bool = False) -> RunRe
     )
 
 
-def store_many(engine: Engine, polls: Sequence[Polled]) -> list[RunResult | StoreError]:
-    """`store(engine, p, keep_loaded=True)` for each of `polls` (batches of one slot, each
-    of its own source): one result, or the StoreError `store` would raise, per poll.
+def store_many(
+    engine: Engine, polls: Sequence[Polled], *, keep_loaded: bool = True
+) -> list[RunResult | StoreError]:
+    """`store(engine, p, keep_loaded=keep_loaded)` for each of `polls` (batches of one
+    slot, each of its own source): one result, or the StoreError `store` would raise, per
+    poll. Without keep_loaded a slot loaded already is re-loaded on its own (`etl run --once`).
 
     Fresh slots (the daemon's usual case) are written together in one transaction
     (`etl.store.batch`), so each source's slot is still whole or not at all. If that
@@ -206,17 +211,17 @@ def store_many(engine: Engine, polls: Sequence[Polled]) -> list[RunResult | Stor
     if not polls:
         return []
     if len(polls) == 1:
-        return [_store_one(engine, polls[0])]
+        return [_store_one(engine, polls[0], keep_loaded)]
     slot = polls[0].slot
     assert all(p.slot == slot and p.batch is not None for p in polls), "one slot, polls with batches"
     t0 = time.perf_counter()
     try:
         with engine.begin() as conn:
-            loaded = batch.load_slots(conn, slot, [_slot_load(p) for p in polls])
+            loaded = batch.load_slots(conn, slot, [_slot_load(p) for p in polls], keep_loaded=keep_loaded)
     except batch.Unusual as err:
         usual = [p for p in polls if p.source.name not in err.sources]
-        done = dict(zip(map(id, usual), store_many(engine, usual), strict=True))
-        return [done[id(p)] if id(p) in done else _store_one(engine, p) for p in polls]
+        done = dict(zip(map(id, usual), store_many(engine, usual, keep_loaded=keep_loaded), strict=True))
+        return [done[id(p)] if id(p) in done else _store_one(engine, p, keep_loaded) for p in polls]
     except Exception as err:  # classified once, here: an outage spools them all
         fault = classify(err)
         if fault is Fault.DATABASE_DOWN and (sqlstate(err) or "")[:2] != "40":  # 40: a deadlock, say
@@ -224,7 +229,9 @@ def store_many(engine: Engine, polls: Sequence[Polled]) -> list[RunResult | Stor
         if fault is Fault.BUG:
             log.exception("a load of %d sources together failed; loading them in halves", len(polls))
         half = len(polls) // 2
-        return store_many(engine, polls[:half]) + store_many(engine, polls[half:])
+        return store_many(engine, polls[:half], keep_loaded=keep_loaded) + store_many(
+            engine, polls[half:], keep_loaded=keep_loaded
+        )
     seconds = time.perf_counter() - t0
     return [
         _loaded(polled, result, seconds) if result is not None else _kept(polled)
@@ -232,9 +239,9 @@ def store_many(engine: Engine, polls: Sequence[Polled]) -> list[RunResult | Stor
     ]
 
 
-def _store_one(engine: Engine, polled: Polled) -> RunResult | StoreError:
+def _store_one(engine: Engine, polled: Polled, keep_loaded: bool = True) -> RunResult | StoreError:
     try:
-        return store(engine, polled, keep_loaded=True)
+        return store(engine, polled, keep_loaded=keep_loaded)
     except StoreError as err:
         if err.transient:
             raise
@@ -354,6 +361,76 @@ def _first_line(err: BaseException) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(err).__name__
 
 
+ONCE_BATCH_WAIT = 0.05  # seconds a poll of `run --once` waits for others to load with
+ONCE_BATCH_MAX = 200  # polls in one transaction
+ONCE_SENDERS = 3  # transactions in flight at once
+
+
+class _Loader:
+    """The loads of `etl run --once`: polls that arrive with a batch go to the database
+    together (`store_many`, each source's slot whole or not at all), up to ONCE_BATCH_MAX
+    of one slot per transaction and ONCE_SENDERS transactions at a time; while all are
+    busy, the polls arriving meanwhile join the next (group commit). A slot loaded
+    already is re-loaded, as a one-shot run always did; failed polls load one by one."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.pending: dict[datetime, list[tuple[Polled, asyncio.Future[RunResult]]]] = {}
+        self.flushing: asyncio.Task[None] | None = None
+        self.sending: set[asyncio.Task[None]] = set()
+        self.senders = asyncio.Semaphore(ONCE_SENDERS)
+
+    async def store(self, polled: Polled) -> RunResult:
+        """Raises StoreError as `store` does."""
+        if polled.batch is None:
+            return await asyncio.to_thread(store, self.engine, polled)
+        future: asyncio.Future[RunResult] = asyncio.get_running_loop().create_future()
+        self.pending.setdefault(polled.slot, []).append((polled, future))
+        if self.flushing is None or self.flushing.done():
+            self.flushing = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            await asyncio.sleep(ONCE_BATCH_WAIT)
+            while self.pending:
+                await self.senders.acquire()
+                slot = next(iter(self.pending))
+                take, rest = self.pending[slot][:ONCE_BATCH_MAX], self.pending[slot][ONCE_BATCH_MAX:]
+                if rest:
+                    self.pending[slot] = rest
+                else:
+                    del self.pending[slot]
+                task = asyncio.create_task(self._send(take))
+                self.sending.add(task)
+                task.add_done_callback(self.sending.discard)
+        except BaseException as err:  # never leave a poll waiting for an answer
+            for waiting in self.pending.values():
+                for _, future in waiting:
+                    if not future.done():
+                        future.set_exception(StoreError(f"internal error {type(err).__name__}: {err}"))
+            self.pending.clear()
+            raise
+
+    async def _send(self, take: list[tuple[Polled, asyncio.Future[RunResult]]]) -> None:
+        outcomes: list[RunResult | StoreError] | list[BaseException]
+        try:
+            outcomes = await asyncio.to_thread(
+                store_many, self.engine, [p for p, _ in take], keep_loaded=False
+            )
+        except BaseException as err:  # StoreError(transient): the database is down, for all of them
+            outcomes = [err] * len(take)
+        finally:
+            self.senders.release()
+        for (_, future), outcome in zip(take, outcomes, strict=True):
+            if future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+
 async def run_sources(
     settings: Settings,
     sources: Sequence[SourceConfig],
@@ -378,11 +455,13 @@ async def _run_sources(
     pools: HostPools,
     deadline: float | None,
 ) -> list[RunResult]:
+    loader = _Loader(engine)
+
     async def one(source: SourceConfig) -> RunResult:
         t0 = time.perf_counter()
         polled = await poll_pooled(source, slot_of[source.name], settings, pools, deadline)
         try:
-            result = await asyncio.to_thread(store, engine, polled)
+            result = await loader.store(polled)
         except StoreError as err:
             return RunResult(
                 source=source.name,

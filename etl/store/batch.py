@@ -69,10 +69,13 @@ class Unusual(Exception):
         self.sources = frozenset(sources)
 
 
-def load_slots(conn: Connection, slot: datetime, loads: Sequence[SlotLoad]) -> list[LoadResult | None]:
+def load_slots(
+    conn: Connection, slot: datetime, loads: Sequence[SlotLoad], *, keep_loaded: bool = True
+) -> list[LoadResult | None]:
     """Load every source's batch for `slot`; one result per load, in order (None: the slot
-    was `ok` already and is kept). Raises `Unusual` before writing anything the caller
-    would keep (it rolls back), and whatever PostgreSQL or the checks refuse."""
+    was `ok` already and is kept; without keep_loaded such a slot is `Unusual`, for a
+    re-load). Raises `Unusual` before writing anything the caller would keep (it rolls
+    back), and whatever PostgreSQL or the checks refuse."""
     names = [load.source for load in loads]
     if len(set(names)) != len(names):
         raise ValueError("a source twice in one batch")
@@ -83,7 +86,7 @@ def load_slots(conn: Connection, slot: datetime, loads: Sequence[SlotLoad]) -> l
         driver_cursor(conn) as marks,
     ):
         status = _lock(cur, slot, names)
-        unusual = sorted(n for n, s in status.items() if s != "ok" and s not in FRESH)
+        unusual = sorted(n for n, s in status.items() if s not in FRESH and not (keep_loaded and s == "ok"))
         if unusual:
             raise Unusual(unusual)
         pending = sorted((load for load in loads if status.get(load.source) != "ok"), key=lambda x: x.source)
