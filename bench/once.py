@@ -3,7 +3,7 @@
     python bench/once.py [--sources 1000] [--runs 1] [--latency 0.05] [--deadline 45s]
                          [--database-url URL] [--json]
 
-The four venue simulators run in a process of their own on loopback (bench/poll.py's,
+The four venue simulators run in processes of their own on loopback (bench/poll.py's,
 `--latency` added to every request, each venue's documented rate limit enforced per API
 key). The sources are spread evenly over the four venues, one account and one API key
 each (a desk's sub-account keys), their secrets in files as a mounted secret would be.
@@ -91,10 +91,10 @@ class Run:
 
 
 def run_once(
-    config: Path, url: str, slot: datetime, stats: Any, sim: psutil.Process, profile: str | None = None
+    config: Path, url: str, slot: datetime, stats: Any, sims: list[psutil.Process], profile: str | None = None
 ) -> Run:
     env = {**os.environ, "ETL_DATABASE_URL": url}
-    before, sim0 = stats(), sum(sim.cpu_times()[:2])
+    before, sim0 = stats(), sum(sum(p.cpu_times()[:2]) for p in sims)
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as out:
@@ -117,7 +117,7 @@ def run_once(
         )  # fmt: skip
     wall = time.perf_counter() - t0
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    after, sim1 = stats(), sum(sim.cpu_times()[:2])
+    after, sim1 = stats(), sum(sum(p.cpu_times()[:2]) for p in sims)
     cpu = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
     ok, failed = outcomes(url, slot)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ).total_seconds()
     with (
         fresh_database(args.database_url) as url,
-        simulators(sources, args.latency) as (urls, stats, sim_pid),
+        simulators(sources, args.latency) as (urls, stats, sim_pids),
         folder() as tmp,
     ):
         config = write_config(sources, urls, tmp, args.deadline)
@@ -182,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{describe_server(url)}, {load_average()}"
         )
         first = floor_to_slot(datetime.now(UTC), INTERVAL) - INTERVAL * args.runs
-        sim = psutil.Process(sim_pid)
+        sims = [psutil.Process(pid) for pid in sim_pids]
         runs = [
-            run_once(config, url, first + INTERVAL * i, stats, sim, args.py_spy) for i in range(args.runs)
+            run_once(config, url, first + INTERVAL * i, stats, sims, args.py_spy) for i in range(args.runs)
         ]
     figures = summarize(sources, runs, deadline_s)
     out = sys.stderr if args.json else sys.stdout
