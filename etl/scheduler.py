@@ -44,7 +44,6 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEve
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from httpx_aiohttp import AiohttpTransport
 from sqlalchemy import Engine
 
 from etl.config import Settings, SourceConfig, check_for_daemon, data_dir
@@ -62,6 +61,7 @@ from etl.spool import Spool
 from etl.store.load import last_slots
 from etl.store.retention import prune_once
 from etl.venues import venue
+from etl.venues.http import ExactUrlTransport
 
 __all__ = ["DB_WORKERS", "POLL_SHARE", "Daemon", "Timing", "missed_between", "run_daemon"]
 log = logging.getLogger(__name__)
@@ -171,7 +171,9 @@ class Daemon:
             async with contextlib.AsyncExitStack() as stack:
                 for name in self.sources:
                     # aiohttp's pool behind the httpx API: 0.64x httpcore's CPU per request (bench/transport.py)
-                    client = httpx.AsyncClient(transport=AiohttpTransport(limits=self._limits(name), verify=tls))
+                    client = httpx.AsyncClient(
+                        transport=ExactUrlTransport(limits=self._limits(name), verify=tls)
+                    )
                     self.runner.http[name] = await stack.enter_async_context(client)
                 self.supervisor.supervise("database", self.database.watch)
                 self.supervisor.supervise("drain", self.drainer.run)

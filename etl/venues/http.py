@@ -43,8 +43,10 @@ from typing import Any
 
 import aiohttp
 import httpx
+import yarl
 from aiolimiter import AsyncLimiter
 from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exceptions
 from tenacity import (
     AsyncRetrying,
     stop_after_attempt,
@@ -170,7 +172,9 @@ def _aiohttp_connection_error(err: BaseException) -> bool:
     """A connection refused, reset or closed under httpx-aiohttp, which maps every aiohttp
     connection error to httpx's ConnectTimeout: only aiohttp's own timeouts are timeouts."""
     cause = err.__cause__
-    return isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, aiohttp.ServerTimeoutError)
+    return isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(
+        cause, aiohttp.ServerTimeoutError
+    )
 
 
 class VenueClient:
@@ -256,8 +260,9 @@ class VenueClient:
             ) from None
         if status != SUCCESS:
             raise VenueError(f"{where}: HTTP {status}: {snippet(content)}")
-        raw = RawResponse(endpoint=endpoint, http_status=status, body=body, fetched_at=fetched_at,
-                          text=json_text(content))
+        raw = RawResponse(
+            endpoint=endpoint, http_status=status, body=body, fetched_at=fetched_at, text=json_text(content)
+        )
         self.received.append(raw)
         return raw
 
@@ -265,7 +270,9 @@ class VenueClient:
         try:
             request = build()
         except (httpx.InvalidURL, UnicodeEncodeError) as err:  # e.g. a non-ASCII header value
-            raise VenueError(f"{self.venue} {endpoint}: request cannot be built ({type(err).__name__})") from None
+            raise VenueError(
+                f"{self.venue} {endpoint}: request cannot be built ({type(err).__name__})"
+            ) from None
         request.extensions["timeout"] = httpx.Timeout(self.timeout).as_dict()
         return request
 
@@ -280,11 +287,19 @@ class VenueClient:
                     await response.aclose()
         except (TimeoutError, httpx.TimeoutException) as err:
             if _aiohttp_connection_error(err):  # httpx-aiohttp names a refused connection ConnectTimeout
-                raise VenueError(f"{where}: connection failed: {_cause(err, 'ConnectError')}", transient=True) from None
+                raise VenueError(
+                    f"{where}: connection failed: {_cause(err, 'ConnectError')}", transient=True
+                ) from None
             raise VenueError(f"{where}: timed out after {self.timeout:g}s", transient=True) from None
-        except (*_MALFORMED, ValueError) as err:  # ValueError: aiohttp refusing a control character in a header
+        except (
+            *_MALFORMED,
+            ValueError,
+        ) as err:  # ValueError: aiohttp refusing a control character in a header
             raise VenueError(f"{where}: request refused before sending ({type(err).__name__})") from None
-        except (httpx.TransportError, aiohttp.ClientError) as err:  # aiohttp's: what httpx-aiohttp leaves unmapped
+        except (
+            httpx.TransportError,
+            aiohttp.ClientError,
+        ) as err:  # aiohttp's: what httpx-aiohttp leaves unmapped
             raise VenueError(f"{where}: connection failed: {_cause(err)}", transient=True) from None
 
     async def _read(self, response: httpx.Response) -> bytes | None:
@@ -340,9 +355,54 @@ class VenueClient:
             problem = f"body {err}: {snippet(content)}" if err.path is None else f"malformed body at {err}"
             raise VenueError(f"{where}: HTTP {status}, {problem}", fault=Fault.SOURCE_DATA) from None
 
-    def _reject(self, endpoint: str, status: int, fetched_at: datetime, reason: str, content: bytes | None) -> None:
+    def _reject(
+        self, endpoint: str, status: int, fetched_at: datetime, reason: str, content: bytes | None
+    ) -> None:
         body = rejected_body(reason, content)
-        self.received.append(RawResponse(endpoint=endpoint, http_status=status, body=body, fetched_at=fetched_at))
+        self.received.append(
+            RawResponse(endpoint=endpoint, http_status=status, body=body, fetched_at=fetched_at)
+        )
+
+
+class ExactUrlTransport(AiohttpTransport):
+    """httpx-aiohttp's transport, sending the URL's bytes exactly as httpx encoded them.
+
+    httpx-aiohttp hands aiohttp `str(request.url)`, which yarl re-quotes on the way out
+    (`Timestamp=…15%3A19%3A30` goes out as `…15:19:30`): the query on the wire would no
+    longer be the one signed, and a venue that checks the signature over the query as it
+    arrives (Binance-style, as Bittap's docs describe) would refuse it. ccxt's aiohttp
+    client passes `yarl.URL(url, encoded=True)` for the same reason; so does this one.
+    Only what our requests use is passed on (a method, a URL, headers, a small body)."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not isinstance(self.client, aiohttp.ClientSession):
+            self.client = self.get_client()
+        timeout = request.extensions.get("timeout", {})
+        with map_aiohttp_exceptions():
+            response = await self.client.request(
+                method=request.method,
+                url=yarl.URL(str(request.url), encoded=True),
+                headers=request.headers,
+                data=request.content or None,
+                allow_redirects=False,
+                auto_decompress=False,
+                compress=False,
+                timeout=aiohttp.ClientTimeout(
+                    sock_connect=timeout.get("connect"),
+                    sock_read=timeout.get("read"),
+                    connect=timeout.get("pool"),
+                ),
+            ).__aenter__()
+        extensions = {"http_version": b"HTTP/1.1"}
+        if response.reason:
+            extensions["reason_phrase"] = response.reason.encode()
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.raw_headers,
+            stream=AiohttpResponseStream(response),
+            request=request,
+            extensions=extensions,
+        )
 
 
 class HostPools:
@@ -373,8 +433,10 @@ class HostPools:
             return self._shared
         host = _host(base_url)
         if host not in self._clients:
-            limits = httpx.Limits(max_connections=self.connections, max_keepalive_connections=self.connections)
-            transport = AiohttpTransport(limits=limits, verify=self._tls or True)
+            limits = httpx.Limits(
+                max_connections=self.connections, max_keepalive_connections=self.connections
+            )
+            transport = ExactUrlTransport(limits=limits, verify=self._tls or True)
             self._clients[host] = httpx.AsyncClient(transport=transport)
         return self._clients[host]
 
@@ -405,7 +467,9 @@ def _location(response: httpx.Response) -> str:
         url = response.url.join(target)
     except httpx.InvalidURL:
         return "(an invalid Location)"
-    return _CONTROL.sub("", f"{url.scheme}://{url.netloc.decode('ascii', 'replace').rpartition('@')[2]}{url.path}")
+    return _CONTROL.sub(
+        "", f"{url.scheme}://{url.netloc.decode('ascii', 'replace').rpartition('@')[2]}{url.path}"
+    )
 
 
 def _size(n: int) -> str:

@@ -15,14 +15,21 @@ from typing import Any
 
 import httpx
 import pytest
-from httpx_aiohttp import AiohttpTransport
 
 from etl import exactjson
 from etl.errors import Fault, VenueError
 from etl.faults import classify
 from etl.sim.base import Fault as SimFault
 from etl.sim.bittap import BittapSimulator
-from etl.venues.http import DEFAULT_MAX_BODY, REJECTED, VenueClient, json_text, rejected_body, snippet
+from etl.venues.http import (
+    DEFAULT_MAX_BODY,
+    REJECTED,
+    ExactUrlTransport,
+    VenueClient,
+    json_text,
+    rejected_body,
+    snippet,
+)
 from tests.helpers import served
 
 PATH = "/ftapi/v1/account/info"
@@ -38,7 +45,9 @@ def test_a_json_body_is_kept_as_the_text_jsonb_will_take():
 
 def test_a_refused_body_is_kept_as_marked_text_postgresql_can_store():
     kept = rejected_body("$.a: duplicate key", b'{"a": "\\u0000", "b": "\x00\xed\xa0\x80"}')
-    assert kept == {REJECTED: {"reason": "$.a: duplicate key", "text": '{"a": "\\u0000", "b": "\\x00\\xed\\xa0\\x80"}'}}
+    assert kept == {
+        REJECTED: {"reason": "$.a: duplicate key", "text": '{"a": "\\u0000", "b": "\\x00\\xed\\xa0\\x80"}'}
+    }
     assert "\x00" not in exactjson.dumps(kept) and exactjson.loads(exactjson.dumps(kept)) == kept
     assert rejected_body("over the cap", None) == {REJECTED: {"reason": "over the cap", "text": None}}
 
@@ -49,7 +58,9 @@ def test_a_snippet_is_one_line_without_control_characters():
 
 TRANSPORTS = {
     "httpx": httpx.AsyncClient,  # the daemon's, one client per source
-    "httpx-aiohttp": lambda: httpx.AsyncClient(transport=AiohttpTransport()),  # run --once's and check's (HostPools)
+    "httpx-aiohttp": lambda: httpx.AsyncClient(
+        transport=ExactUrlTransport()
+    ),  # run --once's and check's (HostPools)
 }
 _transport = ["httpx"]
 
@@ -74,7 +85,9 @@ def accept(status: int, body: Any) -> None:
 def get(http: VenueClient, headers: dict[str, str] | None = None) -> Any:
     async def go() -> Any:
         async with http.client:
-            return await http.send(PATH, lambda: httpx.Request("GET", http.url(PATH), headers=headers), accept)
+            return await http.send(
+                PATH, lambda: httpx.Request("GET", http.url(PATH), headers=headers), accept
+            )
 
     return asyncio.run(go())
 
@@ -106,7 +119,9 @@ def test_a_huge_body_is_read_only_up_to_the_cap_and_costs_no_more_memory(sim):
     assert classify(err) is Fault.SOURCE_DATA and http.attempts == 1
     assert peak < 3 * DEFAULT_MAX_BODY  # the old code held the whole 200 MiB (1.1 GB of RSS)
     (kept,) = http.received
-    assert kept.body == {REJECTED: {"reason": "body over the 16 MiB cap (max_body), not read further", "text": None}}
+    assert kept.body == {
+        REJECTED: {"reason": "body over the 16 MiB cap (max_body), not read further", "text": None}
+    }
 
 
 def test_the_cap_is_the_configured_one_and_a_declared_length_over_it_is_not_read(sim):
@@ -120,7 +135,10 @@ def test_a_redirect_is_an_error_naming_where_it_pointed_without_its_query(sim, s
     sim.fail_next(SimFault(status, "{}", location, content_type="application/json"))
     http = client(sim.url)
     err = failure(http)
-    assert str(err) == f"bittap GET {PATH}: HTTP {status} redirect to https://login.example.com/auth not followed"
+    assert (
+        str(err)
+        == f"bittap GET {PATH}: HTTP {status} redirect to https://login.example.com/auth not followed"
+    )
     assert classify(err) is Fault.VENUE_TERMINAL and http.attempts == 1 and http.received == []
 
 
@@ -135,7 +153,9 @@ def test_a_venue_that_drips_is_cut_at_the_request_timeout_not_the_first_read(sim
     t0 = time.monotonic()
     err = failure(http)
     assert str(err) == f"bittap GET {PATH}: timed out after 0.5s" and classify(err) is Fault.VENUE_TRANSIENT
-    assert time.monotonic() - t0 < 1.5  # the old code read on for 3 s: each byte came within the 0.5 s per read
+    assert (
+        time.monotonic() - t0 < 1.5
+    )  # the old code read on for 3 s: each byte came within the 0.5 s per read
 
 
 @pytest.mark.parametrize("wait", ["3600", "inf", "1e999"])
@@ -147,7 +167,9 @@ def test_a_retry_after_past_the_deadline_fails_now_and_is_still_transient(sim, w
         t0 = time.monotonic()
         err = failure(http)
         assert time.monotonic() - t0 < 1
-        assert "HTTP 429 rate limited, Retry-After " in str(err) and str(err).endswith("s ends past the deadline")
+        assert "HTTP 429 rate limited, Retry-After " in str(err) and str(err).endswith(
+            "s ends past the deadline"
+        )
         assert classify(err) is Fault.VENUE_TRANSIENT and http.attempts == 1
 
 
@@ -221,6 +243,38 @@ def test_a_malformed_body_is_the_sources_error_naming_the_path_and_is_kept(case)
 
 
 def test_valid_json_with_escapes_and_exact_numbers_still_parses():
-    text = '{"a": "\\u00e9\\ud83d\\ude00", "b": 12282.88002680674743639045, "c": 1e-16383, "d": ' + "9" * 4300 + "}"
+    text = (
+        '{"a": "\\u00e9\\ud83d\\ude00", "b": 12282.88002680674743639045, "c": 1e-16383, "d": '
+        + "9" * 4300
+        + "}"
+    )
     body = exactjson.loads(text)
-    assert body["a"] == "é😀" and str(body["b"]) == "12282.88002680674743639045" and body["d"] == int("9" * 4300)
+    assert (
+        body["a"] == "é😀" and str(body["b"]) == "12282.88002680674743639045" and body["d"] == int("9" * 4300)
+    )
+
+
+def test_the_aiohttp_transport_sends_a_signed_query_byte_for_byte():
+    """yarl would re-quote `%3A` to `:` on the way out: the venue would see another query
+    than the one signed. Over real HTTP, the server's raw query string is what httpx encoded."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from etl.sim.serve import SimServer
+
+    async def echo(request):  # type: ignore[no-untyped-def]
+        return JSONResponse({"raw": request.scope["query_string"].decode("ascii")})
+
+    query = "AccessKeyId=k-1&Timestamp=2017-05-11T15%3A19%3A30&ids=1%2C2&Signature=a%2Fb%2Bc%3D"
+    server = SimServer(Starlette(routes=[Route("/q", echo)])).start()
+    try:
+
+        async def go() -> str:
+            async with httpx.AsyncClient(transport=ExactUrlTransport()) as client:
+                response = await client.get(f"{server.url}/q?{query}")
+                return str(response.json()["raw"])
+
+        assert asyncio.run(go()) == query
+    finally:
+        server.stop()
