@@ -210,7 +210,13 @@ def main(argv: list[str] | None = None) -> int:
             ("tail_ms", "last result after the last poll"),
         ):
             table.append(
-                [f"{n:,}", label, f"{s[key]:,.3f} ms", f"{b[key]:,.3f} ms", f"{s[key] / b[key]:.1f}x"]
+                [
+                    f"{n:,}",
+                    label,
+                    f"{s[key]:,.3f} ms",
+                    f"{b[key]:,.3f} ms",
+                    f"{s[key] / b[key]:.1f}x" if b[key] else "-",
+                ]
             )
         table.append([f"{n:,}", "sources per transaction", "1", f"{b['sources_per_transaction']:.1f}", ""])
         table.append(
