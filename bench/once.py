@@ -40,23 +40,13 @@ if not __package__:  # run as `python bench/once.py`: make the `bench` package i
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import describe_server, fresh_database, load_average, median, print_json_line, print_table
-from bench.poll import VENUES, Source, simulators, venue_signed
+from bench.poll import VENUES, Source, simulators, singles
 from etl.config import parse_duration
 from etl.pipeline import COMMAND_SHARE
 from etl.slots import floor_to_slot
 from etl.store.engine import make_engine
 
 INTERVAL = timedelta(seconds=60)  # the default: the command's deadline is 3/4 of it
-
-
-def singles(count: int) -> list[Source]:
-    """`count` sources of one account and one key each, round robin over the venues."""
-    out = []
-    for i in range(count):
-        name = VENUES[i % len(VENUES)]
-        secret = f"{name}-secret-{i}" if venue_signed(name) else None
-        out.append(Source(f"{name}-{i:05d}", name, f"{name}-key-{i}", secret, 1))
-    return out
 
 
 def write_config(sources: list[Source], urls: dict[str, str], folder: Path, deadline: str | None) -> Path:
