@@ -38,7 +38,7 @@ from etl import exactjson
 from etl.records import Batch, RawResponse
 from etl.store import copy, locks, partitions, rollups, upsert
 from etl.store.engine import driver_cursor
-from etl.store.load import _LOADED, _TAIL, LoadResult, _check_accounts, _check_keys
+from etl.store.load import _LOADED, _TAIL, ACCOUNTS_ON_CONFLICT, LoadResult, _check_accounts, _check_keys
 from etl.store.schema import raw_payloads
 
 FRESH = frozenset({"running", "missed"})  # statuses (besides no row) of a slot nothing was loaded for
@@ -189,15 +189,8 @@ def _upsert_accounts(cur: psycopg.Cursor[Any], slot: datetime, loads: Sequence[S
         FROM unnest(%(sources)b::text[], %(venues)b::text[], %(ids)b::text[], %(exchanges)b::text[],
             %(notes)b::text[]) WITH ORDINALITY AS u(s, v, e, x, n, i)
         ORDER BY i
-        ON CONFLICT (source, external_id) DO UPDATE SET
-            exchange = CASE WHEN EXCLUDED.last_seen_at >= a.last_seen_at THEN EXCLUDED.exchange ELSE a.exchange END,
-            note = CASE WHEN EXCLUDED.last_seen_at >= a.last_seen_at THEN EXCLUDED.note ELSE a.note END,
-            first_seen_at = LEAST(a.first_seen_at, EXCLUDED.first_seen_at),
-            last_seen_at = GREATEST(a.last_seen_at, EXCLUDED.last_seen_at)
-        WHERE (EXCLUDED.last_seen_at >= a.last_seen_at
-                AND (a.exchange, a.note) IS DISTINCT FROM (EXCLUDED.exchange, EXCLUDED.note))
-            OR EXCLUDED.last_seen_at > a.last_seen_at OR EXCLUDED.first_seen_at < a.first_seen_at
-        """,
+        """
+        + ACCOUNTS_ON_CONFLICT,
         {
             "slot": slot,
             "sources": sources,

@@ -108,6 +108,21 @@ def upsert_run(
     return run_id
 
 
+# How a load updates an account it finds: `exchange` and `note` only from a slot at least as
+# late as the last one seen, so a late load (a spool drain, a replay) never reverts them;
+# the seen range only widens. Shared by the single and the batched loads (etl.store.batch).
+ACCOUNTS_ON_CONFLICT = """
+        ON CONFLICT (source, external_id) DO UPDATE SET
+            exchange = CASE WHEN EXCLUDED.last_seen_at >= a.last_seen_at THEN EXCLUDED.exchange ELSE a.exchange END,
+            note = CASE WHEN EXCLUDED.last_seen_at >= a.last_seen_at THEN EXCLUDED.note ELSE a.note END,
+            first_seen_at = LEAST(a.first_seen_at, EXCLUDED.first_seen_at),
+            last_seen_at = GREATEST(a.last_seen_at, EXCLUDED.last_seen_at)
+        WHERE (EXCLUDED.last_seen_at >= a.last_seen_at
+                AND (a.exchange, a.note) IS DISTINCT FROM (EXCLUDED.exchange, EXCLUDED.note))
+            OR EXCLUDED.last_seen_at > a.last_seen_at OR EXCLUDED.first_seen_at < a.first_seen_at
+"""
+
+
 def upsert_accounts(
     cur: psycopg.Cursor[Any], source: str, venue: str, slot: datetime, batch: Batch
 ) -> Reply[dict[str, int]]:
@@ -123,15 +138,8 @@ def upsert_accounts(
         INSERT INTO accounts AS a (source, venue, external_id, exchange, note, first_seen_at, last_seen_at)
         SELECT %(source)s, %(venue)s, e, x, n, %(slot)s, %(slot)s
         FROM unnest(%(ids)s::text[], %(exchanges)s::text[], %(notes)s::text[]) AS u(e, x, n)
-        ON CONFLICT (source, external_id) DO UPDATE SET
-            exchange = CASE WHEN EXCLUDED.last_seen_at >= a.last_seen_at THEN EXCLUDED.exchange ELSE a.exchange END,
-            note = CASE WHEN EXCLUDED.last_seen_at >= a.last_seen_at THEN EXCLUDED.note ELSE a.note END,
-            first_seen_at = LEAST(a.first_seen_at, EXCLUDED.first_seen_at),
-            last_seen_at = GREATEST(a.last_seen_at, EXCLUDED.last_seen_at)
-        WHERE (EXCLUDED.last_seen_at >= a.last_seen_at
-                AND (a.exchange, a.note) IS DISTINCT FROM (EXCLUDED.exchange, EXCLUDED.note))
-            OR EXCLUDED.last_seen_at > a.last_seen_at OR EXCLUDED.first_seen_at < a.first_seen_at
-        """,
+        """
+        + ACCOUNTS_ON_CONFLICT,
         {
             "source": source,
             "venue": venue,
