@@ -30,7 +30,7 @@ from etl.records import Batch, RawResponse
 from etl.store import batch, refused, rollups
 from etl.store.load import LoadResult, load_slot, lock_slot, record_failure
 from etl.venues import venue
-from etl.venues.http import HostPools, VenueClient
+from etl.venues.http import HostPools, Sender, VenueClient
 
 log = logging.getLogger(__name__)
 _closing = threading.Lock()  # one close of rollup buckets at a time per process
@@ -92,7 +92,7 @@ def base_url_of(source: SourceConfig) -> str:
 
 def client_for(
     source: SourceConfig,
-    client: httpx.AsyncClient,
+    client: Sender,
     settings: Settings,
     *,
     limiter: AsyncLimiter | None = None,
@@ -148,9 +148,9 @@ async def poll_pooled(
     """`poll` through the source's venue host's pool, once its gate lets the source in (a
     source let in after the deadline fails at once, with the deadline's error)."""
     base_url = base_url_of(source)
-    async with pools.gate(base_url):
+    async with pools.admitted(base_url, deadline):
         return await poll(
-            source, slot, client_for(source, pools.client(base_url), settings, deadline=deadline)
+            source, slot, client_for(source, pools.sender(base_url), settings, deadline=deadline)
         )
 
 

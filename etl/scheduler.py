@@ -15,8 +15,9 @@ run rows owed. Its background loops run under a supervisor: a crash is logged, c
 and the loop restarted. While the database is down there is no claim: every replica
 polls and spools; the first load of each slot wins (availability over exactly-once).
 
-Each source has its own `httpx.AsyncClient` (its connection pool; one TLS context for
-all), and each API key one rate limiter at its venue's documented limit (`RATE_LIMIT`).
+The sources of a venue host share its connection pool (`HostPools`: at most
+DAEMON_HOST_CONNECTIONS of them poll at a time), and each API key has one rate limiter at its
+venue's documented limit (`RATE_LIMIT`).
 
 Shutdown (SIGTERM, SIGINT): no new slots; slots in flight get SHUTDOWN_GRACE seconds;
 what has not finished by then goes to the spool; exit 0. A second signal stops at once.
@@ -38,7 +39,6 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
-import httpx
 from aiolimiter import AsyncLimiter
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -61,14 +61,13 @@ from etl.spool import Spool
 from etl.store.load import last_slots
 from etl.store.retention import prune_once
 from etl.venues import venue
-from etl.venues.http import ExactUrlTransport
+from etl.venues.http import DAEMON_HOST_CONNECTIONS, HostPools
 
 __all__ = ["DB_WORKERS", "POLL_SHARE", "Daemon", "Timing", "missed_between", "run_daemon"]
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 10.0  # seconds for slots in flight after SIGTERM (systemd's TimeoutStopSec is 30)
 CLOSE_TIMEOUT = 5.0  # seconds, after the grace, for cancelled slots and the last run rows owed
-SOURCE_CONNECTIONS = 4  # per source's HTTP pool: its polls send one request at a time
 KEEPALIVE_MARGIN = timedelta(seconds=5)  # an idle connection lives one interval and this
 MAX_KEEPALIVE = timedelta(minutes=5)  # longer than venues keep idle connections open anyway
 
@@ -162,25 +161,17 @@ class Daemon:
         self.spool.recover()
         if await self.database.connect(first=True):
             await self._resume()
-        # A pool per source, not one for all: httpcore scans every connection of its pool
-        # on each request and response (quadratic in the pool's size), which with a shared
-        # pool of a few hundred connections cost more CPU than the requests themselves. A
-        # source polls one request at a time, so its pool holds one or two connections.
-        tls = httpx.create_ssl_context()  # loading the CA bundle once, not per source
+        # One pool per venue host, shared by its sources (HostPools: a pool per source cost a
+        # connection per source and slot, and 10,000 aiohttp sessions)
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                for name in self.sources:
-                    # aiohttp's pool behind the httpx API: 0.64x httpcore's CPU per request (bench/transport.py)
-                    client = httpx.AsyncClient(
-                        transport=ExactUrlTransport(limits=self._limits(name), verify=tls)
-                    )
-                    self.runner.http[name] = await stack.enter_async_context(client)
+            async with HostPools(DAEMON_HOST_CONNECTIONS, keepalive=self._keepalive()) as pools:
+                self.runner.pools = pools
                 self.supervisor.supervise("database", self.database.watch)
                 self.supervisor.supervise("drain", self.drainer.run)
                 self.supervisor.supervise("ledger", self.ledger.run)
                 yield
         finally:
-            self.runner.http.clear()
+            self.runner.pools = None
             await self.supervisor.stop(CLOSE_TIMEOUT)
             await self.ledger.close(CLOSE_TIMEOUT)
             self.database.close()
@@ -202,14 +193,14 @@ class Daemon:
         with self.database.engine.connect() as conn:
             return last_slots(conn, list(self.sources))
 
-    def _limits(self, source: str) -> httpx.Limits:
-        """A source's connections outlive the idle time between its slots (httpx's default
-        5 s would not): each slot reuses the last one's instead of a new TCP (and TLS)
-        handshake, which measured 3 % of the poller's CPU on loopback and costs a round
-        trip or two of latency per poll against a real venue. A connection the venue closed
+    def _keepalive(self) -> float:
+        """Seconds an idle connection is kept: longer than the time between slots (the
+        pools' default 5 s would not be), so that each slot reuses the last one's
+        connections instead of new TCP (and TLS) handshakes, which cost CPU and a round trip
+        or two of latency per poll against a real venue. A connection the venue closed
         meanwhile is noticed by the pool before reuse, and a race with it is retried."""
-        idle = min(self.timing[source].interval + KEEPALIVE_MARGIN, MAX_KEEPALIVE)
-        return httpx.Limits(max_connections=SOURCE_CONNECTIONS, keepalive_expiry=idle.total_seconds())
+        longest = max((t.interval for t in self.timing.values()), default=timedelta(0))
+        return min(longest + KEEPALIVE_MARGIN, MAX_KEEPALIVE).total_seconds()
 
     def stop(self) -> None:
         if self._stopping.is_set():

@@ -63,14 +63,14 @@ def test_sources_with_one_key_share_one_limiter_at_the_venues_limit(tmp_path, se
     assert (a.max_rate, a.time_period) == RATE_LIMIT
 
 
-def test_a_sources_connections_stay_open_from_one_slot_to_the_next(tmp_path, session_engine):
-    settings = settings_for(
-        source_entry("minute", "bittap", "http://x.test", "k1", "s", interval="60s"),
-        source_entry("daily", "bittap", "http://x.test", "k2", "s", interval="1d"),
-    )
-    daemon = Daemon(settings, session_engine, Spool(tmp_path))
-    assert daemon._limits("minute").keepalive_expiry == 65.0  # httpx's default is 5 s
-    assert daemon._limits("daily").keepalive_expiry == 300.0  # no venue keeps one open a day
+def test_the_connections_stay_open_from_one_slot_to_the_next(tmp_path, session_engine):
+    minute = source_entry("minute", "bittap", "http://x.test", "k1", "s", interval="60s")
+    daily = source_entry("daily", "bittap", "http://x.test", "k2", "s", interval="1d")
+    assert (
+        Daemon(settings_for(minute), session_engine, Spool(tmp_path))._keepalive() == 65.0
+    )  # the pools' default is 5 s
+    # no venue keeps one open a day
+    assert Daemon(settings_for(minute, daily), session_engine, Spool(tmp_path))._keepalive() == 300.0
 
 
 @pytest.fixture
@@ -359,3 +359,4 @@ def test_the_sources_of_a_new_hour_start_one_rollup_close_between_them(engine, t
         ("hour", hour),
     ]
     assert count(engine, "balances_hourly_closed") > 0
+

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 from aiolimiter import AsyncLimiter
 
 from etl.config import Settings, SourceConfig
@@ -28,8 +27,9 @@ from etl.daemon.loads import Loads
 from etl.daemon.supervisor import Supervisor
 from etl.errors import Fault
 from etl.metrics import Metrics
-from etl.pipeline import Polled, client_for, poll
+from etl.pipeline import Polled, base_url_of, client_for, poll
 from etl.spool import Spool, spooled
+from etl.venues.http import HostPools
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class Runner:
         self.spool = spool
         self.metrics = metrics
         self.limiter_for = limiter_for
-        self.http: dict[str, httpx.AsyncClient] = {}  # per source, while the daemon runs
+        self.pools: HostPools | None = None  # the venue hosts' HTTP pools, while the daemon runs
         self.inflight: set[asyncio.Task[Any]] = set()
 
     async def run_slot(self, source: SourceConfig, slot: datetime, deadline: float) -> str:
@@ -106,9 +106,11 @@ class Runner:
             self.metrics.slots.labels(source.name, "claimed_elsewhere").inc()
             log.debug("%s %s: claimed by another worker", source.name, iso(slot))
             return "claimed_elsewhere"
+        assert self.pools is not None, "slots run inside Daemon.running()"
+        base_url = base_url_of(source)
         http = client_for(
             source,
-            self.http[source.name],
+            self.pools.sender(base_url),
             self.settings,
             limiter=self.limiter_for(source),
             deadline=deadline,
@@ -118,7 +120,8 @@ class Runner:
         # A CancelledError below only comes from shutdown running out of patience: the slot
         # keeps what it has in the spool and the job ends normally (nothing above awaits it).
         try:
-            polled = await poll(source, slot, http)
+            async with self.pools.admitted(base_url, deadline):
+                polled = await poll(source, slot, http)
         except asyncio.CancelledError:
             stopped = f"{source.name}: the daemon stopped before the poll finished"
             return self._spool_now(

@@ -22,22 +22,27 @@ every exchange and classifies every failure once (`etl.faults`):
 Messages are built from safe parts only (venue, method, endpoint path, status, exception
 type, the OS's text for an errno), never from `str()` of an httpx error, which can quote
 a header and so a credential. The source's secrets are replaced by `***` in every body
-before anything reads it. The httpx client is handed in: the daemon's is the source's own
-(kept between slots), a one-shot command's its venue host's (`HostPools`); tests pass one
-built on `httpx.ASGITransport(simulator)`.
+before anything reads it. What sends is handed in (`Sender`): the transport of the source's
+venue host (`HostPools`), called directly, or a test's `httpx.AsyncClient` (an ASGI
+simulator, a mock). httpx's client layer adds nothing our requests use (no redirect is
+followed, there is no auth flow) and cost 16 % of a request's CPU, most of it copying each
+response's cookies into a jar, which a pool shared by many sources must not have anyway:
+one key's session cookie would go out with the next key's request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
+import functools
 import json
 import math
 import os
 import re
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,8 +68,12 @@ from etl.records import RawResponse
 
 RequestFactory = Callable[[], httpx.Request]
 EnvelopeCheck = Callable[[int, Any], None]
+# What a request goes through: a transport (the daemon's and the one-shot commands' pools,
+# called directly), or a client (a test's ASGI or mock routing, through httpx's client layer).
+Sender = httpx.AsyncBaseTransport | httpx.AsyncClient
 
 HOST_CONNECTIONS = 32  # per venue host, for a one-shot command: see HostPools
+DAEMON_HOST_CONNECTIONS = 256  # per venue host, for the daemon: all its sources start at the slot
 SUCCESS = 200  # every venue we poll answers its data with 200 (shared/venues/*.md)
 DEFAULT_MAX_BODY = 16 * 2**20  # real balance answers are kilobytes; see [schedule] max_body
 REJECTED = "etl_rejected_body"  # the key that marks a raw payload as ours, not the venue's
@@ -182,7 +191,7 @@ class VenueClient:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: Sender,
         venue: str,
         base_url: str,
         *,
@@ -280,7 +289,10 @@ class VenueClient:
         """The response and its body (None: over the cap), all within `timeout`."""
         try:
             async with asyncio.timeout(self.timeout):
-                response = await self.client.send(request, stream=True)
+                if isinstance(self.client, httpx.AsyncClient):
+                    response = await self.client.send(request, stream=True)
+                else:
+                    response = await self.client.handle_async_request(request)
                 try:
                     return response, await self._read(response)
                 finally:
@@ -372,7 +384,19 @@ class ExactUrlTransport(AiohttpTransport):
     longer be the one signed, and a venue that checks the signature over the query as it
     arrives (Binance-style, as Bittap's docs describe) would refuse it. ccxt's aiohttp
     client passes `yarl.URL(url, encoded=True)` for the same reason; so does this one.
-    Only what our requests use is passed on (a method, a URL, headers, a small body)."""
+    Only what our requests use is passed on (a method, a URL, headers, a small body).
+
+    The session keeps no cookies: its pool is shared by the sources of a venue host, and
+    one key's session cookie must not go out with the next key's request."""
+
+    def get_client(self) -> aiohttp.ClientSession:
+        """httpx-aiohttp's session for our use (TCP, the limits and TLS context given), without a cookie jar."""
+        connector = aiohttp.TCPConnector(
+            keepalive_timeout=self.limits.keepalive_expiry,
+            ssl=self.ssl_context,
+            limit=self.limits.max_connections or 0,  # 0: aiohttp's "no limit", as httpx's None
+        )
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not isinstance(self.client, aiohttp.ClientSession):
@@ -406,53 +430,83 @@ class ExactUrlTransport(AiohttpTransport):
 
 
 class HostPools:
-    """The HTTP clients of a command that polls many sources once (`etl run --once`, `etl
-    check`): one pool per venue host of at most `connections` connections, and a gate that
-    lets as many of that host's sources poll at a time, so that no request waits in
-    httpcore's queue. httpcore matches its whole queue against every connection on each
-    request and response (quadratic): 10,000 sources on one shared pool spent the command's
-    deadline there and sent no request at all (issue 17). A pool per source, the daemon's
-    choice (its connections live from slot to slot), would here cost a connection and a TLS
-    handshake per source; the sources of a host share a few warm connections instead.
-
-    The pools are aiohttp's (httpx-aiohttp: the httpx API, so VenueClient and its bounds are
-    the same): at 32 requests in flight httpcore's cost 3.3 ms of CPU per poll, aiohttp's
-    0.7 ms (bench/transport.py). A `client` handed in (a test's ASGI transport) serves every
-    host; the gates still apply.
+    """The HTTP pools of every command that polls many sources (`etl daemon`, `etl run
+    --once`, `etl check`): one pool per venue host of at most `connections` connections,
+    and a gate that lets as many of that host's sources poll at a time, so that no request
+    waits in a pool's queue, where its timeout would run. A pool per source (the daemon's
+    until issue 17) cost a connection and a TLS handshake per source and slot, unless the
+    venue kept thousands of idle connections open, and 10,000 aiohttp sessions; the sources
+    of a host share a few warm connections instead. The pools are aiohttp's behind httpx's
+    transport API (`ExactUrlTransport`): httpcore matches its whole queue against every
+    connection on each request and response (quadratic), and 10,000 sources on one of its
+    pools spent the command's deadline there and sent no request at all. `keepalive`: how
+    long an idle connection is kept (the daemon's outlives the time between slots). A
+    `client` handed in (a test's ASGI routing) serves every host; the gates still apply.
     """
 
-    def __init__(self, connections: int = HOST_CONNECTIONS, client: httpx.AsyncClient | None = None):
+    def __init__(
+        self,
+        connections: int = HOST_CONNECTIONS,
+        client: httpx.AsyncClient | None = None,
+        *,
+        keepalive: float = 5.0,
+    ):
         self.connections = connections
+        self.keepalive = keepalive
         self._shared = client
-        self._clients: dict[tuple[str, str, int | None], httpx.AsyncClient] = {}
+        self._transports: dict[tuple[str, str, int | None], ExactUrlTransport] = {}
         self._gates: dict[tuple[str, str, int | None], asyncio.Semaphore] = {}
         self._tls = httpx.create_ssl_context() if client is None else None  # the CA bundle loaded once
 
-    def client(self, base_url: str) -> httpx.AsyncClient:
+    def sender(self, base_url: str) -> Sender:
+        """What sends the requests of a source at `base_url`."""
         if self._shared is not None:
             return self._shared
         host = _host(base_url)
-        if host not in self._clients:
+        if host not in self._transports:
             limits = httpx.Limits(
-                max_connections=self.connections, max_keepalive_connections=self.connections
+                max_connections=self.connections,
+                max_keepalive_connections=self.connections,
+                keepalive_expiry=self.keepalive,
             )
-            transport = ExactUrlTransport(limits=limits, verify=self._tls or True)
-            self._clients[host] = httpx.AsyncClient(transport=transport)
-        return self._clients[host]
+            self._transports[host] = ExactUrlTransport(limits=limits, verify=self._tls or True)
+        return self._transports[host]
 
     def gate(self, base_url: str) -> asyncio.Semaphore:
         """Held by a source for its whole poll: a venue host has `connections` sources in flight."""
         return self._gates.setdefault(_host(base_url), asyncio.Semaphore(self.connections))
 
+    @contextlib.asynccontextmanager
+    async def admitted(self, base_url: str, deadline: float | None) -> AsyncIterator[None]:
+        """The host's gate, held for a source's whole poll. A source still waiting at
+        `deadline` (time.monotonic()) goes on without it: its poll then fails at once, with
+        the deadline's error, instead of waiting for polls of a later deadline."""
+        gate = self.gate(base_url)
+        if not gate.locked():
+            await gate.acquire()  # at once: no timeout to arm
+        else:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await gate.acquire()
+            except TimeoutError:
+                yield
+                return
+        try:
+            yield
+        finally:
+            gate.release()
+
     async def __aenter__(self) -> HostPools:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            await client.aclose()
+        transports, self._transports = list(self._transports.values()), {}
+        for transport in transports:
+            await transport.aclose()
 
 
+# parsed on each poll, a source's base_url cost 7 % of the daemon's CPU
+@functools.lru_cache(maxsize=4096)
 def _host(base_url: str) -> tuple[str, str, int | None]:
     url = httpx.URL(base_url)
     return url.scheme, url.host, url.port

@@ -25,6 +25,7 @@ from etl.venues.http import (
     DEFAULT_MAX_BODY,
     REJECTED,
     ExactUrlTransport,
+    HostPools,
     VenueClient,
     json_text,
     rejected_body,
@@ -57,10 +58,8 @@ def test_a_snippet_is_one_line_without_control_characters():
 
 
 TRANSPORTS = {
-    "httpx": httpx.AsyncClient,  # the daemon's, one client per source
-    "httpx-aiohttp": lambda: httpx.AsyncClient(
-        transport=ExactUrlTransport()
-    ),  # run --once's and check's (HostPools)
+    "httpx": httpx.AsyncClient,  # a client, as the tests' ASGI routing is sent through
+    "httpx-aiohttp": ExactUrlTransport,  # the daemon's, run --once's and check's (HostPools), called directly
 }
 _transport = ["httpx"]
 
@@ -278,3 +277,56 @@ def test_the_aiohttp_transport_sends_a_signed_query_byte_for_byte():
         assert asyncio.run(go()) == query
     finally:
         server.stop()
+
+
+def test_a_shared_pool_sends_no_cookie_a_venue_set_for_another_source():
+    """The daemon's pool of a venue host serves all its sources (HostPools): a session
+    cookie the venue sets in one key's answer must not go out with the next key's request."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from etl.sim.serve import SimServer
+
+    async def answer(request):  # type: ignore[no-untyped-def]
+        response = JSONResponse({"cookie": request.headers.get("cookie")})
+        response.set_cookie("session", "of-the-first-key")
+        return response
+
+    server = SimServer(Starlette(routes=[Route("/c", answer)])).start()
+    try:
+
+        async def go() -> list[Any]:
+            async with HostPools() as pools:
+                sender = pools.sender(server.url)
+                assert sender is pools.sender(server.url + "/other/base")  # one pool per host
+                seen = []
+                for _ in range(2):
+                    request = httpx.Request("GET", f"{server.url}/c")
+                    request.extensions["timeout"] = httpx.Timeout(5.0).as_dict()
+                    response = await sender.handle_async_request(request)  # type: ignore[union-attr]
+                    assert "of-the-first-key" in response.headers["set-cookie"]
+                    seen.append(exactjson.loads(await response.aread())["cookie"])
+                return seen
+
+        assert asyncio.run(go()) == [None, None]
+    finally:
+        server.stop()
+
+
+def test_a_source_still_waiting_for_its_host_at_the_deadline_goes_on_without_the_gate():
+    """The gate lets `connections` sources of a host poll at a time; one that waits past its
+    deadline goes on without it (its poll then ends with the deadline's error) instead of
+    waiting for polls of a later deadline."""
+
+    async def go() -> tuple[float, bool]:
+        pools = HostPools(connections=1)
+        async with pools.admitted("http://venue", None):  # the one place, held
+            t0 = time.monotonic()
+            async with pools.admitted("http://venue", t0 + 0.2):
+                waited = time.monotonic() - t0
+            other_host_free = not pools.gate("http://other").locked()
+        return waited, other_host_free
+
+    waited, other_host_free = asyncio.run(go())
+    assert 0.15 < waited < 1.0 and other_host_free
