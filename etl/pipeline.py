@@ -23,6 +23,7 @@ from aiolimiter import AsyncLimiter
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from etl import heap
 from etl.config import Settings, SourceConfig
 from etl.errors import EtlError, Fault, StoreError
 from etl.faults import classify, sqlstate
@@ -444,7 +445,8 @@ async def run_sources(
     of its own, a bounded number of its sources at a time (`HostPools`); a `client` given
     (a test's ASGI transport) serves every host."""
     async with HostPools(client=client) as pools:
-        return await _run_sources(settings, sources, slot_of, engine, pools, deadline)
+        with heap.settled():
+            return await _run_sources(settings, sources, slot_of, engine, pools, deadline)
 
 
 async def _run_sources(

@@ -46,6 +46,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
+from etl import heap
 from etl.config import Settings, SourceConfig, check_for_daemon, data_dir
 from etl.daemon.claims import Claims
 from etl.daemon.drain import Drainer
@@ -169,7 +170,8 @@ class Daemon:
                 self.supervisor.supervise("database", self.database.watch)
                 self.supervisor.supervise("drain", self.drainer.run)
                 self.supervisor.supervise("ledger", self.ledger.run)
-                yield
+                with heap.settled():  # what lives as long as the daemon is not walked by each collection
+                    yield
         finally:
             self.runner.pools = None
             await self.supervisor.stop(CLOSE_TIMEOUT)

@@ -360,3 +360,18 @@ def test_the_sources_of_a_new_hour_start_one_rollup_close_between_them(engine, t
     ]
     assert count(engine, "balances_hourly_closed") > 0
 
+
+def test_the_collector_is_tuned_while_daemons_run_and_restored_after():
+    """heap.settled: nested (two daemons in one process), the outermost block decides."""
+    import gc
+
+    from etl import heap
+
+    before = gc.get_threshold()
+    with heap.settled():
+        frozen = gc.get_freeze_count()
+        assert gc.get_threshold() == heap.THRESHOLDS and frozen > 0
+        with heap.settled():
+            assert gc.get_threshold() == heap.THRESHOLDS
+        assert gc.get_threshold() == heap.THRESHOLDS and gc.get_freeze_count() == frozen
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
