@@ -364,8 +364,9 @@ async def naive_cycle(settings: Settings, url: str) -> tuple[float, int]:
 
 
 class CpuShares:
-    """CPU seconds used during the cycles (each from its slot's start to its last commit)
-    by this process, by the simulators' process and by PostgreSQL (every `postgres`
+    """CPU seconds used during the cycles counted (each from its slot's start to its last
+    commit; the first of several is not counted, as the cycle's median leaves it out) by
+    this process, by the simulators' processes and by PostgreSQL (every `postgres`
     process of the machine: the bench's server does the work, another one idles), and by
     the whole machine. Their sum over the cores is the least a cycle can take on this
     machine with what each part costs now. Start-up (migration, clients) and the idle
