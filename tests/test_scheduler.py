@@ -66,9 +66,8 @@ def test_sources_with_one_key_share_one_limiter_at_the_venues_limit(tmp_path, se
 def test_the_connections_stay_open_from_one_slot_to_the_next(tmp_path, session_engine):
     minute = source_entry("minute", "bittap", "http://x.test", "k1", "s", interval="60s")
     daily = source_entry("daily", "bittap", "http://x.test", "k2", "s", interval="1d")
-    assert (
-        Daemon(settings_for(minute), session_engine, Spool(tmp_path))._keepalive() == 65.0
-    )  # the pools' default is 5 s
+    # the pools' default is 5 s
+    assert Daemon(settings_for(minute), session_engine, Spool(tmp_path))._keepalive() == 65.0
     # no venue keeps one open a day
     assert Daemon(settings_for(minute, daily), session_engine, Spool(tmp_path))._keepalive() == 300.0
 

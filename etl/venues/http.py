@@ -482,15 +482,12 @@ class HostPools:
         `deadline` (time.monotonic()) goes on without it: its poll then fails at once, with
         the deadline's error, instead of waiting for polls of a later deadline."""
         gate = self.gate(base_url)
-        if not gate.locked():
-            await gate.acquire()  # at once: no timeout to arm
-        else:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await gate.acquire()
-            except TimeoutError:
-                yield
-                return
+        try:
+            async with asyncio.timeout_at(deadline):
+                await gate.acquire()
+        except TimeoutError:
+            yield
+            return
         try:
             yield
         finally:
