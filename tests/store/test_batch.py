@@ -76,7 +76,10 @@ def _tables(engine: Engine) -> dict[str, list[Any]]:
         for name in ("balance_snapshots", "account_snapshots", "position_snapshots")
     }
     tables["accounts"] = "SELECT to_jsonb(t) - 'id' FROM accounts t"
-    tables["ingestion_runs"] = "SELECT to_jsonb(t) - 'id' - 'finished_at' FROM ingestion_runs t"
+    # row_digests: a single load keeps them, a batched one hashes nothing (NULL: not known)
+    tables["ingestion_runs"] = (
+        "SELECT to_jsonb(t) - 'id' - 'finished_at' - 'row_digests' FROM ingestion_runs t"
+    )
     tables["raw_payloads"] = (
         "SELECT to_jsonb(p) - 'run_id' - 'body', p.body::text, r.source, r.snapshot_ts "
         "FROM raw_payloads p LEFT JOIN ingestion_runs r ON r.id = p.run_id"
@@ -116,6 +119,7 @@ def test_a_batch_of_sources_loads_exactly_what_one_load_per_source_would(engine,
     assert results[0].written == {"balance_snapshots": 6, "account_snapshots": 1, "position_snapshots": 1}
     assert _tables(engine) == singly
     assert len(singly["balance_snapshots"]) == 6 * N and len(singly["raw_payloads"]) == 2 * N
+    assert rows(engine, "SELECT DISTINCT row_digests FROM ingestion_runs") == [(None,)]
 
 
 def test_claims_of_this_worker_become_ok_rows(engine, monkeypatch):
