@@ -122,6 +122,21 @@ def test_a_batch_of_sources_loads_exactly_what_one_load_per_source_would(engine,
     assert rows(engine, "SELECT DISTINCT row_digests FROM ingestion_runs") == [(None,)]
 
 
+def test_a_batched_load_leaves_no_digest_behind(engine, monkeypatch):
+    """The batched loads hash nothing, so a run row they write says `not known` (NULL),
+    whatever it held before: no digest outlives a write of other rows. (Only slots nothing
+    was loaded for come here, whose rows hold none; this one is set by hand.)"""
+    polls = _polls(2)
+    with engine.begin() as conn:
+        claim_slots(
+            conn, sources=[p.source.name for p in polls], slot=SLOT, worker="w", abandoned=(SLOT, SLOT)
+        )
+        conn.execute(text("""UPDATE ingestion_runs SET row_digests = '{"balance_snapshots": "0"}'"""))
+    _no_single_loads(monkeypatch)
+    _ok(store_many(engine, polls))
+    assert rows(engine, "SELECT DISTINCT status, row_digests FROM ingestion_runs") == [("ok", None)]
+
+
 def test_claims_of_this_worker_become_ok_rows(engine, monkeypatch):
     polls = _polls()
     _no_single_loads(monkeypatch)
