@@ -3,10 +3,12 @@
 `load_slot` writes, in order: the run record (its id goes on every row), the accounts
 (upserted; ids looked up) and the raw payloads, all in one round trip (pipeline mode),
 then the three snapshot tables (a fresh slot: one COPY; a re-load: staged COPY compared
-with the slot, only new, changed and vanished rows written; see `etl.store.upsert`), after
-creating the slot's monthly partitions if needed. A slot in an open rollup bucket (the
-usual case) writes no rollup row: the rollup views compute open buckets; a slot in a
-closed bucket upserts it (`etl.store.rollups`). `LoadResult.closes` tells the caller
+with the slot, only new, changed and vanished rows written, or not compared at all when
+the rows hash to the digest the run row keeps of them; see `etl.store.upsert`), after
+creating the slot's monthly partitions if needed, then the run row's new digests if any
+differ (`Written.digest`). A slot in an open rollup bucket (the usual case) writes no
+rollup row: the rollup views compute open buckets; a slot in a closed bucket upserts it
+(`etl.store.rollups`). `LoadResult.closes` tells the caller
 when, after the commit, older buckets can be closed. The caller owns the
 transaction (`with engine.begin() as conn: load_slot(conn, ...)`): a slot loads whole
 or not at all. `record_failure` writes the run record of a failed poll, with the raw
