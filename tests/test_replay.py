@@ -95,6 +95,33 @@ def test_replaying_twice_rewrites_nothing(engine, sources):
     assert row_versions(engine) == before
 
 
+def _usdt_doubled(source, responses):  # type: ignore[no-untyped-def]
+    batch = _real(source, responses)
+    doubled = [replace(b, total=b.total * 2) if b.currency == "USDT" else b for b in batch.balances]
+    return replace(batch, balances=tuple(doubled))
+
+
+def test_a_replay_after_a_normalizer_change_writes_the_changed_rows_whatever_the_digests(
+    engine, sources, monkeypatch
+):
+    run(engine, sources)
+    replay(engine, sources)  # the first loads were batched (no digest): now every run row has one
+    assert rows(engine, "SELECT count(*) FROM ingestion_runs WHERE row_digests IS NULL") == [(0,)]
+    usdt = (
+        "SELECT a.source, b.total FROM balance_snapshots b "
+        "JOIN accounts a ON a.id = b.account_id WHERE b.currency = 'USDT' ORDER BY 1"
+    )
+    before, versions = rows(engine, usdt), row_versions(engine)
+    monkeypatch.setattr(bittap, "normalize", _usdt_doubled)
+
+    report = replay(engine, sources)
+
+    assert sum(s.written for s in report.slots) == len(before) == 2
+    assert rows(engine, usdt) == [(source, total * 2) for source, total in before]
+    assert len(versions - row_versions(engine)) == 2  # those rows, and no other, rewritten
+    assert sum(s.written for s in replay(engine, sources).slots) == 0  # then unchanged again
+
+
 def test_a_slot_that_still_fails_is_reported_and_left_alone(engine, sources, monkeypatch):
     run(engine, sources)
     before = row_versions(engine)

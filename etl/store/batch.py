@@ -143,7 +143,11 @@ def _lock(cur: psycopg.Cursor[Any], slot: datetime, names: list[str]) -> dict[st
 
 
 def _upsert_runs(cur: psycopg.Cursor[Any], slot: datetime, loads: Sequence[SlotLoad]) -> None:
-    """Every source's run row `ok` (a claim of this worker, or no row, before); replies (source, id)."""
+    """Every source's run row `ok` (a claim of this worker, or no row, before); replies (source, id).
+
+    These loads hash nothing, so `row_digests` is NULL (not known) after them. Only a slot
+    nothing was loaded for comes here, whose run row has no digest; cleared all the same, so
+    that no digest can outlive a write of other rows (`etl.store.upsert`)."""
     counts = [load.batch.counts() for load in loads]
     cur.execute(
         """
@@ -158,7 +162,7 @@ def _upsert_runs(cur: psycopg.Cursor[Any], slot: datetime, loads: Sequence[SlotL
             finished_at = EXCLUDED.finished_at, status = EXCLUDED.status, error = EXCLUDED.error,
             accounts = EXCLUDED.accounts, balances = EXCLUDED.balances,
             account_rows = EXCLUDED.account_rows, positions = EXCLUDED.positions,
-            attempts = EXCLUDED.attempts, worker = NULL
+            attempts = EXCLUDED.attempts, worker = NULL, row_digests = NULL
         RETURNING source, id
         """,
         {

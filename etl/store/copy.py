@@ -23,18 +23,23 @@ this module does as little per-value Python work as it can:
   `orjson.Fragment`), about ten times faster than simplejson; what orjson refuses
   (integers beyond 64 bits) goes through `exactjson`. JSON never holds a raw tab or
   newline, only backslashes, which are doubled once over the whole payload.
+- A chunk is built without the tail (the load's constants) and only then is the tail put
+  before every newline: a raw newline only ever ends a line (texts are checked or escaped,
+  JSON holds none), and the tailless text is what `digest` hashes, so two loads of the
+  same rows at different times or runs hash alike (`etl.store.upsert`).
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
 from operator import attrgetter
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -143,10 +148,38 @@ def _texts_are_plain(records: Sequence[Any], names: Sequence[str]) -> bool:
     return not any(v == NULL or any(c in v for c in _SPECIAL) for v in distinct)
 
 
+class Digest(Protocol):
+    """What `lines` feeds: a hashlib object."""
+
+    def update(self, data: bytes, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
+def new_digest(table: str, layout: Layout) -> Digest:
+    """A digest for `lines` to feed, begun with the table and its columns: rows hashed
+    under another layout (a column added, moved) never match.
+
+    SHA-256, not BLAKE2b: OpenSSL's runs on the CPU's SHA instructions, measured 1.4 against
+    3.2 ms for a 5,000-row chunk of 1.65 MB (~14 against ~32 ms for a 50,000-row slot)."""
+    started = hashlib.sha256()
+    started.update("\t".join([table, *layout.columns]).encode() + b"\n")
+    return started
+
+
+def digest_text(digest: Digest) -> str:
+    """The digest as stored: 128 bits in hex (two loads' rows colliding by chance: 2^-128)."""
+    return digest.hexdigest()[:32]
+
+
 def lines(
-    records: Sequence[Any], layout: Layout, account_id: Mapping[str, int], tail: Sequence[Any]
+    records: Sequence[Any],
+    layout: Layout,
+    account_id: Mapping[str, int],
+    tail: Sequence[Any],
+    digest: Digest | None = None,
 ) -> Iterator[str]:
     """COPY text for `records`, in chunks; `account_id` maps each record's account to its id.
+    `digest`, if given, is fed each chunk's text without the tail.
 
     Raises KeyError for a record whose account has no id, NormalizeError for a number
     that is NaN or infinite.
@@ -161,8 +194,7 @@ def lines(
             if plain:
                 chunk = "".join(
                     [
-                        f"{ids[r.account]}\t{join(map(str, values(r)))}\t{times(r)}\t"
-                        f"{json_text(r.extra)}{tail_text}\n"
+                        f"{ids[r.account]}\t{join(map(str, values(r)))}\t{times(r)}\t{json_text(r.extra)}\n"
                         for r in records[start : start + CHUNK]
                     ]
                 )
@@ -171,14 +203,16 @@ def lines(
             else:
                 chunk = "".join(
                     [
-                        f"{ids[r.account]}\t{join(map(field, values(r)))}\t{times(r)}\t"
-                        f"{field(r.extra)}{tail_text}\n"
+                        f"{ids[r.account]}\t{join(map(field, values(r)))}\t{times(r)}\t{field(r.extra)}\n"
                         for r in records[start : start + CHUNK]
                     ]
                 )
         if "NaN" in chunk or "Infinity" in chunk:  # a C-speed look; rarely more (a coin named NaN)
             _refuse_non_finite(records[start : start + CHUNK], layout)
-        yield chunk
+        if digest is not None:
+            digest.update(chunk.encode())
+        # every raw newline ends a line: texts were checked or escaped, JSON holds none
+        yield chunk.replace("\n", tail_text + "\n") if tail_text else chunk
 
 
 def _refuse_non_finite(records: Sequence[Any], layout: Layout) -> None:

@@ -3,10 +3,12 @@
 `load_slot` writes, in order: the run record (its id goes on every row), the accounts
 (upserted; ids looked up) and the raw payloads, all in one round trip (pipeline mode),
 then the three snapshot tables (a fresh slot: one COPY; a re-load: staged COPY compared
-with the slot, only new, changed and vanished rows written; see `etl.store.upsert`), after
-creating the slot's monthly partitions if needed. A slot in an open rollup bucket (the
-usual case) writes no rollup row: the rollup views compute open buckets; a slot in a
-closed bucket upserts it (`etl.store.rollups`). `LoadResult.closes` tells the caller
+with the slot, only new, changed and vanished rows written, or not compared at all when
+the rows hash to the digest the run row keeps of them; see `etl.store.upsert`), after
+creating the slot's monthly partitions if needed, then the run row's new digests if any
+differ (`Written.digest`). A slot in an open rollup bucket (the usual case) writes no
+rollup row: the rollup views compute open buckets; a slot in a closed bucket upserts it
+(`etl.store.rollups`). `LoadResult.closes` tells the caller
 when, after the commit, older buckets can be closed. The caller owns the
 transaction (`with engine.begin() as conn: load_slot(conn, ...)`): a slot loads whole
 or not at all. `record_failure` writes the run record of a failed poll, with the raw
@@ -25,6 +27,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg.copy import QueuedLibpqWriter
+from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, Table
 
 from etl import exactjson
@@ -52,6 +55,25 @@ Reply = Callable[[], T]
 
 
 @dataclass(frozen=True)
+class Run:
+    """A (source, slot) run row, as its upsert found it."""
+
+    id: int
+    # `row_digests` as the last writing load left it: table -> `copy.digest_text` of the
+    # rows it left there ({}: none known). Read under the row lock the upsert takes.
+    digests: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a load did to one snapshot table."""
+
+    rows: int  # inserted or changed (0 on an unchanged re-run)
+    deleted: int
+    digest: str  # of the records loaded: what the table now holds of the source at the slot
+
+
+@dataclass(frozen=True)
 class LoadResult:
     run_id: int
     written: dict[str, int]  # rows inserted or changed per table (0 on an unchanged re-run)
@@ -72,9 +94,10 @@ def upsert_run(
     counts: dict[str, int],
     attempts: int,
     keep_ok: bool,
-) -> Reply[int | None]:
+) -> Reply[Run | None]:
     """Insert or update the (source, slot) run row; with keep_ok, an `ok` row is left alone.
-    The reply is its id (None: the row was `ok` and kept)."""
+    The reply is the row (None: it was `ok` and kept). The upsert never sets `row_digests`,
+    so RETURNING gives the value before it (NULL for a new row)."""
     guard = "WHERE r.status <> 'ok'" if keep_ok else ""
     cur.execute(
         f"""
@@ -88,7 +111,7 @@ def upsert_run(
             account_rows = EXCLUDED.account_rows, positions = EXCLUDED.positions,
             attempts = EXCLUDED.attempts, worker = NULL
         {guard}
-        RETURNING id
+        RETURNING id, row_digests
         """,
         {
             "source": source,
@@ -101,11 +124,11 @@ def upsert_run(
         },
     )
 
-    def run_id() -> int | None:
+    def run() -> Run | None:
         row = cur.fetchone()
-        return int(row[0]) if row else None
+        return Run(int(row[0]), row[1] or {}) if row else None
 
-    return run_id
+    return run
 
 
 # How a load updates an account it finds: `exchange` and `note` only from a slot at least as
@@ -220,16 +243,17 @@ def _copy(
     records: Sequence[Any],
     ids: dict[str, int],
     tail: tuple[Any, ...],
+    digest: copy.Digest,
 ) -> None:
     """COPY `records` into `into`, with `tail` as the values of `_TAIL` on every row
-    (none given: the stage, which has no such columns)."""
+    (none given: the stage, which has no such columns); `digest` is fed as they go."""
     # Several chunks: a writer thread sends each while this one encodes the next (it waits
     # on the socket without the GIL), so Python encoding and PostgreSQL parsing overlap.
     # One chunk: nothing to overlap, and a thread per COPY costs more than it saves.
     writer = QueuedLibpqWriter(cur) if len(records) > copy.CHUNK else None
     columns = [*layout.columns, *_TAIL] if tail else layout.columns
     with cur.copy(upsert.copy_sql(into, columns), writer=writer) as pipe:
-        for chunk in copy.lines(records, layout, ids, tail):
+        for chunk in copy.lines(records, layout, ids, tail, digest):
             pipe.write(chunk)
 
 
@@ -260,18 +284,23 @@ def upsert_snapshots(
     source: str,
     slot: datetime,
     held: bool,
-) -> tuple[int, int]:
-    """Write the slot's `records` into `table`; returns (rows written, rows deleted)."""
+    digest_before: str | None,
+) -> Written:
+    """Write the slot's `records` into `table`. `digest_before` is the run row's digest of
+    what the table held of the source at the slot (None: not known)."""
+    digest = copy.new_digest(table.name, layout)
     if not held:  # a fresh slot: nothing to compare with, nothing vanished
         if records:
             # straight into the slot's month (created by `partitions.ensure`): no per-row
             # routing through the parent (measured: 5 % of a 50,000-row COPY)
             month = partitions.child_name(table.name, partitions.month_start(slot))
-            _copy(cur, month, layout, records, ids, tail)
-        return len(records), 0
+            _copy(cur, month, layout, records, ids, tail, digest)
+        return Written(len(records), 0, copy.digest_text(digest))
     cur.execute(upsert.create_stage_sql(table, layout.columns))
     if records:
-        _copy(cur, upsert.stage_name(table), layout, records, ids, ())
+        _copy(cur, upsert.stage_name(table), layout, records, ids, (), digest)
+    if (staged := copy.digest_text(digest)) == digest_before:  # the rows are these already
+        return Written(0, 0, staged)
     params = {"slot": slot, "source": source, **dict(zip(_TAIL, tail, strict=True))}
     with _work_mem(cur, upsert.RELOAD_WORK_MEM):
         cur.execute(upsert.reload_sql(table, layout.columns, _TAIL), params, prepare=False)  # see source_rows
@@ -281,7 +310,7 @@ def upsert_snapshots(
     vanished = [(slot, *key) for key in zip(*gone, strict=True)] if gone[0] else []
     if vanished:
         cur.executemany(upsert.delete_key_sql(table), vanished)
-    return int(written), len(vanished)
+    return Written(int(written), len(vanished), staged)
 
 
 def write_raw(
@@ -331,7 +360,7 @@ def load_slot(
     fetched_at = min((r.fetched_at for r in responses), default=started_at)
     with (
         driver_cursor(conn) as cur,
-        driver_cursor(conn) as run,
+        driver_cursor(conn) as runs,
         driver_cursor(conn) as accounts,
         driver_cursor(conn) as raw,
         driver_cursor(conn) as marks,
@@ -341,8 +370,8 @@ def load_slot(
         # What comes before the snapshots goes in one pipeline: sent together, one round
         # trip, run by the server in this order, each statement seeing the ones before.
         with cur.connection.pipeline():
-            run_id_of = upsert_run(
-                run,
+            run_of = upsert_run(
+                runs,
                 source=source,
                 slot=slot,
                 started_at=started_at,
@@ -356,24 +385,30 @@ def load_slot(
             held_of = _held(cur, source, slot)
             write_raw(raw, source, slot, responses)
             closed_until_of = rollups.watermarks(marks)
-        run_id, ids, held, closed_until = run_id_of(), ids_of(), held_of(), closed_until_of()
-        assert run_id is not None
-        written, deleted = {}, {}
+        run, ids, held, closed_until = run_of(), ids_of(), held_of(), closed_until_of()
+        assert run is not None
+        done: dict[str, Written] = {}
         for table, layout, attr in _LOADED:
             records = getattr(batch, attr)
             _check_accounts(records, ids, table)
             with _keys_checked(records, table, held[table.name]):
-                written[table.name], deleted[table.name] = upsert_snapshots(
+                done[table.name] = upsert_snapshots(
                     cur,
                     table,
                     layout,
                     records,
                     ids,
-                    (slot, fetched_at, run_id),
+                    (slot, fetched_at, run.id),
                     source=source,
                     slot=slot,
                     held=held[table.name],
+                    digest_before=run.digests.get(table.name),
                 )
+        digests = {name: w.digest for name, w in done.items()}
+        if digests != run.digests:  # none on an unchanged re-load
+            cur.execute("UPDATE ingestion_runs SET row_digests = %s WHERE id = %s", (Jsonb(digests), run.id))
+    written = {name: w.rows for name, w in done.items()}
+    deleted = {name: w.deleted for name, w in done.items()}
     rollups.upsert_slot(
         conn,
         source,
@@ -384,7 +419,7 @@ def load_slot(
     )
     hour = rollups.floor(slot, "hour")
     return LoadResult(
-        run_id=run_id,
+        run_id=run.id,
         written=written,
         deleted=deleted,
         closes=hour if hour > closed_until["hour"] else None,
@@ -411,7 +446,7 @@ def record_failure(
     partitions.ensure(conn, [slot])  # raw_payloads is partitioned too
     error = refused.storable(error)
     with driver_cursor(conn) as cur:
-        run_id = upsert_run(
+        run = upsert_run(
             cur,
             source=source,
             slot=slot,
@@ -422,12 +457,12 @@ def record_failure(
             attempts=attempts,
             keep_ok=True,
         )()
-        if run_id is None:
+        if run is None:
             return None
         notes = [note for r in responses if (note := _write_raw_or_keep(conn, cur, source, slot, r))]
         if notes:
             error = refused.storable("; ".join([error, *notes]))
-            cur.execute("UPDATE ingestion_runs SET error = %s WHERE id = %s", (error, run_id))
+            cur.execute("UPDATE ingestion_runs SET error = %s WHERE id = %s", (error, run.id))
     return error
 
 

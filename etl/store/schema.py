@@ -148,6 +148,10 @@ ingestion_runs = Table(
     Column("positions", Integer, nullable=False, server_default="0"),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("worker", Text),
+    # table -> digest of the rows the last writing load of the slot left in that table
+    # (etl.store.upsert: an unchanged re-load that matches it skips the comparison); NULL:
+    # not known (a batched load, a row from before migration 0006)
+    Column("row_digests", JSONB),
     UniqueConstraint("source", "snapshot_ts"),
     CheckConstraint("status IN ('ok', 'error', 'running', 'missed')", name="status"),
 )

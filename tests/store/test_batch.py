@@ -76,7 +76,10 @@ def _tables(engine: Engine) -> dict[str, list[Any]]:
         for name in ("balance_snapshots", "account_snapshots", "position_snapshots")
     }
     tables["accounts"] = "SELECT to_jsonb(t) - 'id' FROM accounts t"
-    tables["ingestion_runs"] = "SELECT to_jsonb(t) - 'id' - 'finished_at' FROM ingestion_runs t"
+    # row_digests: a single load keeps them, a batched one hashes nothing (NULL: not known)
+    tables["ingestion_runs"] = (
+        "SELECT to_jsonb(t) - 'id' - 'finished_at' - 'row_digests' FROM ingestion_runs t"
+    )
     tables["raw_payloads"] = (
         "SELECT to_jsonb(p) - 'run_id' - 'body', p.body::text, r.source, r.snapshot_ts "
         "FROM raw_payloads p LEFT JOIN ingestion_runs r ON r.id = p.run_id"
@@ -116,6 +119,22 @@ def test_a_batch_of_sources_loads_exactly_what_one_load_per_source_would(engine,
     assert results[0].written == {"balance_snapshots": 6, "account_snapshots": 1, "position_snapshots": 1}
     assert _tables(engine) == singly
     assert len(singly["balance_snapshots"]) == 6 * N and len(singly["raw_payloads"]) == 2 * N
+    assert rows(engine, "SELECT DISTINCT row_digests FROM ingestion_runs") == [(None,)]
+
+
+def test_a_batched_load_leaves_no_digest_behind(engine, monkeypatch):
+    """The batched loads hash nothing, so a run row they write says `not known` (NULL),
+    whatever it held before: no digest outlives a write of other rows. (Only slots nothing
+    was loaded for come here, whose rows hold none; this one is set by hand.)"""
+    polls = _polls(2)
+    with engine.begin() as conn:
+        claim_slots(
+            conn, sources=[p.source.name for p in polls], slot=SLOT, worker="w", abandoned=(SLOT, SLOT)
+        )
+        conn.execute(text("""UPDATE ingestion_runs SET row_digests = '{"balance_snapshots": "0"}'"""))
+    _no_single_loads(monkeypatch)
+    _ok(store_many(engine, polls))
+    assert rows(engine, "SELECT DISTINCT status, row_digests FROM ingestion_runs") == [("ok", None)]
 
 
 def test_claims_of_this_worker_become_ok_rows(engine, monkeypatch):

@@ -46,6 +46,55 @@ def test_plain_batch_is_tab_separated_with_none_as_null_and_the_tail_on_every_li
     assert second.split("\t")[7] == "-1E-8"  # str(Decimal): PostgreSQL reads exponents
 
 
+def _digest(rows, layout=BALANCES, tail=TAIL, ids=None, table="balance_snapshots") -> tuple[str, str]:
+    """(the digest of `rows`, the COPY text sent) for one encoding."""
+    digest = copy.new_digest(table, layout)
+    text = "".join(copy.lines(rows, layout, ids or {"a": 1}, tail, digest))
+    return copy.digest_text(digest), text
+
+
+def test_the_digest_is_of_the_rows_not_of_the_loads_constants():
+    rows = [*HARD, *(replace(HARD[0], currency=f"X{i}") for i in range(copy.CHUNK + 10))]  # two chunks
+    first, sent = _digest(rows)
+    later, sent_later = _digest(rows, tail=(SLOT + timedelta(minutes=1), SLOT + timedelta(minutes=2), 8))
+    assert first == later and sent != sent_later
+    assert _digest(rows, tail=())[0] == first  # the stage's COPY (no tail) hashes alike
+    assert sent == "".join(copy.lines(rows, BALANCES, {"a": 1}, TAIL))  # hashing changes no byte sent
+    assert len(first) == 32 and int(first, 16) >= 0
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda rows: [replace(rows[0], total=Decimal("12282.88002680674743639046")), *rows[1:]],
+        lambda rows: [*rows[:3], replace(rows[3], total=Decimal("100.0000000000000000000000000"))],  # scale
+        lambda rows: [replace(rows[0], total=None), *rows[1:]],
+        lambda rows: [*rows[:5], replace(rows[5], extra={**rows[5].extra, "q": Decimal("0.10")})],
+        lambda rows: [replace(rows[0], venue_ts=SLOT), *rows[1:]],
+        lambda rows: rows[:-1],  # a row gone
+        lambda rows: [rows[1], rows[0], *rows[2:]],  # another order
+    ],
+    ids=["value", "scale", "null", "json scale", "time", "row gone", "order"],
+)
+def test_the_digest_changes_with_any_value_sent(change):
+    assert _digest(change(list(HARD)))[0] != _digest(HARD)[0]
+
+
+def test_the_digest_changes_with_the_scale_of_a_number():
+    one = [BalanceRow("a", "Spot", "USDT", total=Decimal("1.0"))]
+    assert _digest(one)[0] != _digest([replace(one[0], total=Decimal("1.00"))])[0]
+
+
+def test_the_digest_starts_with_the_table_and_its_columns():
+    reordered = replace(BALANCES, plain=(BALANCES.plain[1], BALANCES.plain[0], *BALANCES.plain[2:]))
+    assert reordered.columns != BALANCES.columns
+    assert _digest(HARD, reordered)[0] != _digest(HARD)[0]
+    assert _digest(HARD, table="position_snapshots")[0] != _digest(HARD)[0]
+    assert _digest(HARD, ids={"a": 2})[0] != _digest(HARD)[0]  # another account id
+    # no rows: the header alone, still one per table and layout
+    assert _digest([])[0] == _digest([], tail=())[0] != _digest([], reordered)[0]
+
+
 @pytest.mark.parametrize(
     "value, expected",
     [

@@ -69,3 +69,15 @@ def test_forget_command_names_what_it_removed_and_refuses_a_slot_not_loaded(engi
     assert "forgot slot 2026-03-02T10:00:00Z of a: 2 snapshot row(s), 1 run record(s)" in done.output
     again = runner.invoke(app, ["forget", "--slot", "2026-03-02T10:00:00Z", "--source", "a"])
     assert again.exit_code == 2 and "no slot 2026-03-02T10:00:00Z of source 'a' is loaded" in again.output
+
+
+def test_a_slot_loaded_again_after_forget_is_fresh_and_gets_its_digests_anew(engine):
+    """forget deletes the run row with the rows, so no digest of them is left to match."""
+    _load(engine, "a", MISTAKE, "1")
+    forget(engine, MISTAKE, "a")
+    assert rows(engine, "SELECT count(*) FROM ingestion_runs") == [(0,)]
+    result = load(engine, "a", MISTAKE, {"a": "1"})
+    assert result.written == {"balance_snapshots": 1, "account_snapshots": 1, "position_snapshots": 0}
+    (digests,) = rows(engine, "SELECT row_digests FROM ingestion_runs")[0]
+    assert set(digests) == {"balance_snapshots", "account_snapshots", "position_snapshots"}
+    assert load(engine, "a", MISTAKE, {"a": "2"}).written["balance_snapshots"] == 1  # compared, written

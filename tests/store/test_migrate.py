@@ -100,3 +100,19 @@ def test_0005_bounds_the_portfolio_buckets_in_hours_and_goes_back(scratch):
     assert "'1 day'::interval" in definition()
     migrate.upgrade(scratch)
     assert migrate.drift(scratch) == []
+
+
+def test_0006_adds_row_digests_null_on_every_run_row_and_drops_it_again(scratch):
+    def columns() -> list[str]:
+        sql = "SELECT column_name FROM information_schema.columns WHERE table_name = 'ingestion_runs'"
+        return [c for (c,) in rows(scratch, sql)]
+
+    migrate.upgrade(scratch, "0001")
+    with scratch.begin() as conn:
+        conn.exec_driver_sql(SEED_0001)
+    migrate.upgrade(scratch)
+    assert rows(scratch, "SELECT DISTINCT row_digests FROM ingestion_runs") == [(None,)]  # not known
+    migrate.downgrade(scratch, "0005")
+    assert "row_digests" not in columns() and len(columns()) > 0
+    migrate.upgrade(scratch)
+    assert migrate.drift(scratch) == []

@@ -113,3 +113,30 @@ def test_prune_once_skips_while_another_replica_prunes(engine):
         other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": locks.PRUNE})
     assert retention.prune_once(engine, timedelta(days=90)).startswith("dropped ")
     assert rows(engine, "SELECT count(*) FROM balance_snapshots")[0][0] == 0
+
+
+def _digests(engine, slot: datetime) -> dict[str, str]:
+    return rows(engine, "SELECT row_digests FROM ingestion_runs WHERE snapshot_ts = :s", s=slot)[0][0]
+
+
+def test_a_load_after_prune_copies_its_rows_and_stores_their_digest(engine):
+    """Prune drops every row of a month's slots and keeps their run rows, digests and all:
+    the held check then finds no row, so a re-load copies its rows (never trusting the
+    digest), and the digest it leaves is of what it wrote."""
+    slot = at("2026-02-10T00:00:00")
+    load(engine, "s", slot, {"s": "1"}, positions={"s": {"BTCUSDT": "1"}})
+    first = _digests(engine, slot)
+    retention.prune(engine, timedelta(days=90), now=NOW)  # drops February
+    assert rows(engine, "SELECT count(*) FROM balance_snapshots") == [(0,)]
+    other = load(engine, "s", slot, {"s": "2"})  # other rows, into the slot's recreated month
+    assert other.written == {"balance_snapshots": 1, "account_snapshots": 1, "position_snapshots": 0}
+    assert _digests(engine, slot) != first
+    # the first rows again: compared with the rows held (not skipped on the digest pruned)
+    again = load(engine, "s", slot, {"s": "1"}, positions={"s": {"BTCUSDT": "1"}})
+    assert again.written == {"balance_snapshots": 1, "account_snapshots": 1, "position_snapshots": 1}
+    assert rows(engine, "SELECT total::text FROM balance_snapshots") == [("1",)]
+    assert _digests(engine, slot) == first
+    retention.prune(engine, timedelta(days=90), now=NOW)
+    same = load(engine, "s", slot, {"s": "1"}, positions={"s": {"BTCUSDT": "1"}})  # the same rows
+    assert same.written == {"balance_snapshots": 1, "account_snapshots": 1, "position_snapshots": 1}
+    assert _digests(engine, slot) == first

@@ -14,7 +14,7 @@ from etl import exactjson
 from etl.errors import NormalizeError
 from etl.records import AccountRef, BalanceRow, Batch, PositionRow, RawResponse
 from etl.store import partitions, rollups, upsert
-from etl.store.load import LoadResult, load_slot
+from etl.store.load import LoadResult, load_slot, record_failure
 from etl.store.schema import account_snapshots, balance_snapshots, position_snapshots
 from tests.helpers import rows
 from tests.store import builders
@@ -367,3 +367,123 @@ def test_a_late_load_leaves_the_account_metadata_of_the_newest_slot(engine):
     assert rows(engine, account) == [("Bybit", None, early, late)]
     _listed(engine, late + timedelta(minutes=5), "OKX", "moved")
     assert rows(engine, account) == [("OKX", "moved", early, late + timedelta(minutes=5))]
+
+
+# --- the digest of what a load wrote (ingestion_runs.row_digests)
+
+
+def digests(engine, slot: datetime = SLOT) -> dict[str, str]:
+    """The run row's row_digests ({}: NULL)."""
+    sql = "SELECT row_digests FROM ingestion_runs WHERE source = 'src' AND snapshot_ts = :s"
+    (found,) = rows(engine, sql, s=slot)
+    return found[0] or {}
+
+
+@pytest.fixture
+def comparisons(monkeypatch) -> list[str]:
+    """The tables whose re-load ran the comparison (`reload_sql`), in order."""
+    ran: list[str] = []
+    build = upsert.reload_sql
+
+    def counted(table, staged, constants):  # type: ignore[no-untyped-def]
+        ran.append(table.name)
+        return build(table, staged, constants)
+
+    monkeypatch.setattr(upsert, "reload_sql", counted)
+    return ran
+
+
+@pytest.mark.db
+def test_an_unchanged_reload_matches_the_digests_and_skips_the_comparison(engine, comparisons):
+    load(engine, balances(6_000), positions("BTC", "ETH"))  # two chunks: the writer thread's path
+    stored = digests(engine)
+    assert set(stored) == {"balance_snapshots", "account_snapshots", "position_snapshots"}
+    assert comparisons == []  # a fresh slot compares nothing
+    tuples = "SELECT tableoid::regclass::text, xmin::text, xmax::text, t::text FROM {} t"
+    before = [r for t in ("balance_snapshots", "position_snapshots") for r in rows(engine, tuples.format(t))]
+    again = load(engine, balances(6_000), positions("BTC", "ETH"))
+    assert again.written == dict.fromkeys(stored, 0) and again.deleted == dict.fromkeys(stored, 0)
+    assert comparisons == []  # every table matched its digest
+    after = [r for t in ("balance_snapshots", "position_snapshots") for r in rows(engine, tuples.format(t))]
+    assert after == before  # no row version, no row lock
+    assert digests(engine) == stored
+
+
+@pytest.mark.db
+def test_a_reload_with_one_value_changed_updates_exactly_it_and_stores_the_new_digest(engine, comparisons):
+    load(engine, balances(10), positions("BTC"))
+    stored, before = digests(engine), versions(engine, "balance_snapshots")
+    changed = list(balances(10))
+    changed[4] = replace(changed[4], total=Decimal("4.2500"))  # equal to 4.25 but for its scale
+    changed[7] = replace(changed[7], total=Decimal("-1"))
+    result = load(engine, tuple(changed), positions("BTC"))
+    assert comparisons == ["balance_snapshots"]  # the other tables matched
+    assert result.written["balance_snapshots"] == 1  # the comparison is NUMERIC's: 4.2500 = 4.25
+    after = versions(engine, "balance_snapshots")
+    assert {c for c in after if after[c] != before[c]} == {"C007"}
+    now = digests(engine)
+    assert now["balance_snapshots"] != stored["balance_snapshots"]
+    assert {t: d for t, d in now.items() if t != "balance_snapshots"} == {
+        t: d for t, d in stored.items() if t != "balance_snapshots"
+    }
+    comparisons.clear()
+    assert load(engine, tuple(changed), positions("BTC")).written["balance_snapshots"] == 0
+    assert comparisons == []  # the new digest is what the next re-load matches
+
+
+@pytest.mark.db
+def test_a_reload_where_a_position_vanished_deletes_it_and_matches_afterwards(engine, comparisons):
+    load(engine, balances(3), positions("BTC", "ETH"))
+    result = load(engine, balances(3), positions("BTC"))
+    assert result.deleted["position_snapshots"] == 1 and comparisons == ["position_snapshots"]
+    comparisons.clear()
+    assert load(engine, balances(3), positions("BTC")).deleted["position_snapshots"] == 0
+    assert comparisons == []
+    assert rows(engine, "SELECT symbol FROM position_snapshots") == [("BTC",)]
+
+
+@pytest.mark.db
+def test_a_table_left_without_rows_has_a_digest_too(engine, comparisons):
+    load(engine, balances(3), positions("BTC"))
+    assert load(engine, balances(3)).deleted["position_snapshots"] == 1  # every position closed
+    emptied = digests(engine)
+    comparisons.clear()
+    load(engine, balances(3))
+    assert comparisons == [] and digests(engine) == emptied
+    # the digest of no rows is not a promise that none can come: a new position is written
+    assert load(engine, balances(3), positions("SOL")).written["position_snapshots"] == 1
+    assert rows(engine, "SELECT symbol FROM position_snapshots") == [("SOL",)]
+
+
+@pytest.mark.db
+def test_a_reload_without_a_matching_digest_compares(engine, comparisons):
+    """Run rows from before migration 0006 (NULL) or a digest of other rows: compared, and
+    the digest of the rows loaded stored."""
+    load(engine, balances(4), positions("BTC"))
+    stored = digests(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE ingestion_runs SET row_digests = NULL"))
+    changed = (*balances(3), replace(balances(4)[3], total=Decimal(9)))
+    assert load(engine, changed, positions("BTC")).written["balance_snapshots"] == 1
+    assert comparisons == ["balance_snapshots", "position_snapshots"]  # held, nothing known
+    now = digests(engine)
+    assert now["position_snapshots"] == stored["position_snapshots"]
+    assert now["balance_snapshots"] != stored["balance_snapshots"]
+    comparisons.clear()
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE ingestion_runs SET row_digests['balance_snapshots'] = '\"0\"'"))
+    assert load(engine, changed, positions("BTC")).written["balance_snapshots"] == 0
+    assert comparisons == ["balance_snapshots"]
+    assert digests(engine) == now
+
+
+@pytest.mark.db
+def test_a_failed_poll_after_a_load_keeps_the_rows_and_their_digests(engine, comparisons):
+    load(engine, balances(3))
+    stored = digests(engine)
+    with engine.begin() as conn:
+        record_failure(conn, source="src", slot=SLOT, started_at=SLOT, error="timeout", attempts=3)
+    assert rows(engine, "SELECT status FROM ingestion_runs") == [("ok",)]  # the ok row is kept
+    assert digests(engine) == stored
+    load(engine, balances(3))
+    assert comparisons == []
