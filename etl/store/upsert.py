@@ -134,8 +134,10 @@ def reload_sql(table: Table, staged: list[str], constants: list[str]) -> str:
     """Compare the staged batch with the source's rows at the slot; write what differs.
 
     One statement. `diff` is a FULL JOIN of the stage and the slot's rows (`source_rows`)
-    on the key, kept where a side is missing or a compared value `IS DISTINCT FROM` the
-    other's: the new, changed and vanished rows, usually none. Its staged rows go through
+    on the key, kept where a side is missing or the compared values differ as text: the
+    new, changed and vanished rows, usually none. As text, because a value must read back
+    as the venue sent it: NUMERIC's `=` holds `4.25 = 4.2500`, and a re-load whose only
+    change was a number's scale kept the old one (and then contradicted its digest). Its staged rows go through
     `INSERT … ON CONFLICT (key) DO UPDATE` (a new row inserted, a changed one updated in
     place; no guard needed, they differ); no other row of the slot is probed or locked.
     The answer is one row: how many were written, and the vanished keys as one array per
@@ -165,7 +167,7 @@ def reload_sql(table: Table, staged: list[str], constants: list[str]) -> str:
     return (
         f"WITH diff AS MATERIALIZED (SELECT {', '.join(f'n.{c}' for c in staged)}, {gone} "
         f"FROM {stage_name(table)} AS n FULL JOIN ({slot_rows} AS o) ON {on} "
-        f"WHERE n.{keys[0]} IS NULL OR o.{keys[0]} IS NULL OR ({new}) IS DISTINCT FROM ({old})), "
+        f"WHERE n.{keys[0]} IS NULL OR o.{keys[0]} IS NULL OR ROW({new})::text IS DISTINCT FROM ROW({old})::text), "
         f"written AS (INSERT INTO {table.name} AS t ({cols}) SELECT {rows} FROM diff "
         f"WHERE {keys[0]} IS NOT NULL "
         f"ON CONFLICT ({', '.join(key_columns(table))}) DO UPDATE SET {sets} RETURNING 1) "

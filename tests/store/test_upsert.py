@@ -50,7 +50,7 @@ def test_a_reload_compares_values_but_not_run_id_or_fetched_at_and_writes_only_w
         "%(source)s) AS of_source CROSS JOIN LATERAL (SELECT * FROM account_snapshots WHERE "
         "account_id = of_source.id AND snapshot_ts = %(slot)s OFFSET 0) AS o) "
         "ON n.account_id = o.account_id AND n.account_type = o.account_type "
-        "WHERE n.account_id IS NULL OR o.account_id IS NULL OR (n.equity) IS DISTINCT FROM (o.equity)), "
+        "WHERE n.account_id IS NULL OR o.account_id IS NULL OR ROW(n.equity)::text IS DISTINCT FROM ROW(o.equity)::text), "
         "written AS (INSERT INTO account_snapshots AS t (account_id, account_type, equity, snapshot_ts, "
         "run_id) SELECT account_id, account_type, equity, %(snapshot_ts)s, %(run_id)s FROM diff "
         "WHERE account_id IS NOT NULL ON CONFLICT (account_id, account_type, snapshot_ts) "
@@ -410,7 +410,7 @@ def test_an_unchanged_reload_matches_the_digests_and_skips_the_comparison(engine
 
 
 @pytest.mark.db
-def test_a_reload_with_one_value_changed_updates_exactly_it_and_stores_the_new_digest(engine, comparisons):
+def test_a_reload_with_values_changed_updates_exactly_those_and_stores_the_new_digest(engine, comparisons):
     load(engine, balances(10), positions("BTC"))
     stored, before = digests(engine), versions(engine, "balance_snapshots")
     changed = list(balances(10))
@@ -418,9 +418,10 @@ def test_a_reload_with_one_value_changed_updates_exactly_it_and_stores_the_new_d
     changed[7] = replace(changed[7], total=Decimal("-1"))
     result = load(engine, tuple(changed), positions("BTC"))
     assert comparisons == ["balance_snapshots"]  # the other tables matched
-    assert result.written["balance_snapshots"] == 1  # the comparison is NUMERIC's: 4.2500 = 4.25
+    assert result.written["balance_snapshots"] == 2  # 4.2500 is not 4.25: it reads back as sent
     after = versions(engine, "balance_snapshots")
-    assert {c for c in after if after[c] != before[c]} == {"C007"}
+    assert {c for c in after if after[c] != before[c]} == {"C004", "C007"}
+    assert rows(engine, "SELECT total::text FROM balance_snapshots WHERE currency = 'C004'") == [("4.2500",)]
     now = digests(engine)
     assert now["balance_snapshots"] != stored["balance_snapshots"]
     assert {t: d for t, d in now.items() if t != "balance_snapshots"} == {
