@@ -557,6 +557,7 @@ def summarize(
         "peak_rss_mb": round(peak, 1),
         "rss_growth": round(cycles[-1].rss_mb / base.rss_mb - 1, 3),
         "rss_base_cycle": min(LEAK_BASE_CYCLE, len(cycles)),
+        "rss_mb_by_cycle": [round(c.rss_mb) for c in cycles],  # flat or not, cycle by cycle
         "rate_limited": sum(v["rate_limited"] for v in sims.values()),
         "requests": sum(v["requests"] for v in sims.values()),
         "not_ok": sum(n for c in cycles for o, n in c.outcomes.items() if o != "ok"),

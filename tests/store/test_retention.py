@@ -28,9 +28,10 @@ def test_prune_drops_whole_months_past_the_horizon_and_keeps_the_rollups(engine)
     daily_before = rows(engine, "SELECT * FROM portfolio_equity_daily ORDER BY bucket")
     report = retention.prune(engine, timedelta(days=90), now=NOW)  # horizon 2026-03-17 12:00
     assert report.horizon == at("2026-03-17T12:00:00")
-    assert sorted(d.partition for d in report.dropped) == [
-        f"{parent}_p2026_02" for parent in sorted(partitions.PARENTS)
-    ]
+    # February's; other tests of the session may have left older months, past it too
+    dropped = {d.partition for d in report.dropped}
+    assert {f"{parent}_p2026_02" for parent in partitions.PARENTS} <= dropped
+    assert all(name.rsplit("_p", 1)[1] < "2026_03" for name in dropped), dropped
     # March straddles the horizon: kept whole, including the 10th, which is past it
     assert rows(engine, "SELECT snapshot_ts FROM account_snapshots ORDER BY 1") == [
         (at("2026-03-10T00:00:00"),),
@@ -40,7 +41,7 @@ def test_prune_drops_whole_months_past_the_horizon_and_keeps_the_rollups(engine)
     assert rows(engine, "SELECT count(*) FROM raw_payloads")[0][0] == 3
     assert rows(engine, "SELECT count(*) FROM position_snapshots")[0][0] == 3
     assert rows(engine, "SELECT * FROM portfolio_equity_daily ORDER BY bucket") == daily_before
-    assert "dropped 4 partition(s)" in report.summary()
+    assert f"dropped {len(dropped)} partition(s)" in report.summary()
 
 
 def test_prune_with_nothing_old_enough_drops_nothing_and_says_so(engine):
