@@ -38,8 +38,9 @@ loads (`etl.store.batch`) set it to NULL (not known), `etl forget` deletes the r
 the rows. Prune drops whole months, so a slot's table holds all its rows or none: a pruned
 slot is not held, its rows are copied again and their digest stored. Whatever else deletes
 or changes some of a slot's rows must clear its run row's digests. The rows then equal the
-digested ones as `reload_sql` compares them: NUMERIC and jsonb equality, so a re-load that
-changes only a number's scale (1.0 -> 1.00) writes no row, though its digest differs.
+digested ones as `reload_sql` compares them, as text: a number's scale counts (1.0 is not
+1.00), jsonb's key order does not (the digest hashes `extra` in the venue's key order, so
+a batch that differs only in that order costs a comparison that writes nothing).
 
 `run_id` and `fetched_at` are not compared: they say when the values were first seen.
 Every statement here reads the slot's rows of one source through (snapshot_ts,

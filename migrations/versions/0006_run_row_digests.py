@@ -12,7 +12,7 @@ change only: no row is rewritten.
 
 Revision ID: 0006
 Revises: 0005
-Create Date: 2026-12-03 10:00:00
+Create Date: 2026-12-02 14:30:00
 """
 
 from __future__ import annotations
