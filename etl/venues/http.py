@@ -48,6 +48,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+import tenacity
 import yarl
 from aiolimiter import AsyncLimiter
 from httpx_aiohttp import AiohttpTransport
@@ -188,7 +189,26 @@ def _unlink(retrying: AsyncRetrying) -> None:
     request). `_retry_state` is tenacity's own attribute: popped only if it is there, and
     tests/venues/test_http.py finds the garbage again if a new release moves it."""
     retrying.iter_state.reset()
-    vars(retrying).pop("_retry_state", None)
+    state = vars(retrying).pop("_retry_state", None)
+    if state is not None:
+        state.outcome = None  # a failed attempt's exception, whose traceback holds this frame
+
+
+_TENACITY = os.path.dirname(tenacity.__file__)
+
+
+def _unlink_frames(err: BaseException) -> None:
+    """Break the cycles of a request that failed: tenacity keeps the exception in a Future,
+    re-raises it from there, and its finished frames on the traceback hold that Future.
+    Left alone, every poll cut at the deadline (a CancelledError in aiohttp's frames) or
+    failed for good left ~130 objects, its socket among them, for a full collection: a
+    daemon that overran its slots grew. Only tenacity's frames are cleared: they have all
+    returned, and the traceback keeps its lines for the log."""
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.startswith(_TENACITY):
+            tb.tb_frame.clear()
+        tb = tb.tb_next
 
 
 def _aiohttp_connection_error(err: BaseException) -> bool:
@@ -255,6 +275,9 @@ class VenueClient:
                     attempt_no += 1
                     self.attempts = max(self.attempts, attempt_no)
                     return await self._send_once(endpoint, build, check)
+        except BaseException as err:
+            _unlink_frames(err)
+            raise
         finally:
             _unlink(retrying)
         raise AssertionError("unreachable: tenacity either returns or re-raises")
