@@ -194,7 +194,7 @@ def _unlink(retrying: AsyncRetrying) -> None:
         state.outcome = None  # a failed attempt's exception, whose traceback holds this frame
 
 
-_TENACITY = os.path.dirname(tenacity.__file__)
+_TENACITY = os.path.dirname(tenacity.__file__) + os.sep  # not a sibling such as tenacity_x/
 
 
 def _unlink_frames(err: BaseException) -> None:
