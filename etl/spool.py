@@ -13,7 +13,9 @@ removal, or two replicas on one spool) changes nothing the second time. A missed
 keeps slots nobody polled, to be recorded as `missed` in `ingestion_runs`.
 
 The text is ASCII (every other character escaped), so any body spools, a lone surrogate
-included. A failed write removes its temp file. The daemon reads the folder in bounded
+included. A failed write removes its temp file. Several processes may share the folder
+(`etl daemon --processes N`, or replicas on one machine): a temp file names its writer's
+pid, and a process starting up removes only those whose writer is gone. The daemon reads the folder in bounded
 steps (`Spool.oldest(n)`) and keeps its depth as a count (`Spool.depth`).
 """
 
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 _SEP = "@"  # not allowed in source names, so a file name splits unambiguously
 RESCAN = 60.0  # seconds: how old the counted depth may get before the folder is counted again
+STALE_TEMP = 600.0  # seconds: a temp file this old is an interrupted write, whatever its name says
 
 
 class SpoolError(EtlError):
@@ -203,7 +206,7 @@ class Spool:
         first = entry.slots[0] if isinstance(entry, SpooledMissed) else entry.slot
         kind = "missed" if isinstance(entry, SpooledMissed) else "poll"
         path = self.root / _name(first, entry.source, kind)
-        temp = self.root / f".tmp-{path.name}"
+        temp = self.root / f".tmp-{os.getpid()}-{path.name}"  # see recover()
         try:
             with open(temp, "x", encoding="ascii") as out:
                 self._write(out, text)
@@ -283,11 +286,14 @@ class Spool:
         return target
 
     def recover(self) -> int:
-        """Remove temp files of writes a crash interrupted (never renamed: not entries).
+        """Remove temp files of writes a crash interrupted (never renamed: not entries),
+        but not those of another live process on this spool, which may be writing them now.
         A spool it cannot clean (a read-only disk) is logged in one line, never fatal."""
         removed, failed = 0, []
         for temp in self.root.glob(".tmp-*"):
             try:
+                if _being_written(temp):
+                    continue
                 temp.unlink()
                 removed += 1
             except FileNotFoundError:
@@ -318,6 +324,21 @@ class Spool:
     def _took_one(self) -> None:
         if self._depth is not None:
             self._depth = max(0, self._depth - 1)
+
+
+def _being_written(temp: Path) -> bool:
+    """A temp file `.tmp-<pid>-…` of another process that still runs, and recent: a pid
+    reused by an unrelated process leaves a file at most STALE_TEMP seconds."""
+    pid = temp.name.removeprefix(".tmp-").partition("-")[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False  # a name of before the pid was in it, or this process's own crash
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    return time.time() - temp.stat().st_mtime < STALE_TEMP
 
 
 def _fsync_dir(folder: Path) -> None:

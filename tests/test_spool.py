@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -68,6 +71,27 @@ def test_entries_sort_oldest_slot_first_and_temp_files_are_not_entries(tmp_path)
     assert spool.depth_by_source() == {"a": 1, "b": 1}
     assert spool.recover() == 1
     assert sorted(os.listdir(tmp_path)) == sorted([early.name, late.name])
+
+
+def test_a_process_starting_on_a_shared_spool_leaves_a_live_writers_temp_file(tmp_path):
+    """`etl daemon --processes N` shares one spool: a child restarted while another writes
+    must not delete that write's temp file before its rename."""
+    spool = Spool(tmp_path)
+    name = "20250101T000000000000Z@a@poll@x.json"
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as writer:
+        try:
+            live = tmp_path / f".tmp-{writer.pid}-{name}"
+            live.write_text('{"half')
+            stale = tmp_path / f".tmp-{writer.pid}-{name.replace('a@', 'b@')}"
+            stale.write_text('{"half')
+            os.utime(stale, (time.time() - 3600, time.time() - 3600))  # pid reused: too old to be a write
+            own = tmp_path / f".tmp-{os.getpid()}-{name.replace('a@', 'c@')}"  # this process's own crash
+            own.write_text('{"half')
+            assert spool.recover() == 2
+            assert sorted(os.listdir(tmp_path)) == [live.name]
+        finally:
+            writer.kill()
+    assert spool.recover() == 1 and os.listdir(tmp_path) == []  # the writer is gone
 
 
 def test_an_unreadable_file_is_a_spool_error_and_is_moved_aside_not_deleted(tmp_path):
