@@ -79,8 +79,12 @@ def one_line_errors(func: F) -> F:
             raise typer.Exit(1) from None
         except DBAPIError as e:  # unreachable or refusing database: one line, not a traceback
             first = str(e.orig or e).strip().splitlines()
-            err.print(f"error: database: {first[0] if first else type(e).__name__}", markup=False,
-                      highlight=False, soft_wrap=True)
+            err.print(
+                f"error: database: {first[0] if first else type(e).__name__}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
             raise typer.Exit(1) from None
         finally:
             while _engines:
@@ -214,8 +218,12 @@ def check(config: ConfigOption = None, deadline: DeadlineOption = None) -> None:
     for name, error, counts in verdicts:
         if error:
             # the error names its source already: `name: FAILED name: ...` said it twice
-            err.print(f"{name}: FAILED {error.removeprefix(f'{name}: ')}", markup=False, highlight=False,
-                      soft_wrap=True)
+            err.print(
+                f"{name}: FAILED {error.removeprefix(f'{name}: ')}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         else:
             out.print(
                 f"{name}: ok ({counts['accounts']} accounts, {counts['balances']} balances, "
@@ -233,12 +241,16 @@ def demo(
     plot: Annotated[Path, typer.Option(help="Where to write the equity chart.")] = Path("equity.png"),
     database_url: Annotated[
         str | None,
-        typer.Option(help="Put the demo data here (default: its own database etl_demo, embedded).",
-                     show_default=False),
+        typer.Option(
+            help="Put the demo data here (default: its own database etl_demo, embedded).", show_default=False
+        ),
     ] = None,
-    drop: Annotated[bool, typer.Option("--drop", help="Remove the embedded demo database, and exit.")] = False,
+    drop: Annotated[
+        bool, typer.Option("--drop", help="Remove the embedded demo database, and exit.")
+    ] = False,
     serve: Annotated[
-        bool, typer.Option("--serve", help="Then open the dashboard on the demo's data (etl serve) until Ctrl-C.")
+        bool,
+        typer.Option("--serve", help="Then open the dashboard on the demo's data (etl serve) until Ctrl-C."),
     ] = False,
     port: Annotated[int, typer.Option(help="The dashboard's port, with --serve.")] = 8080,
 ) -> None:
@@ -248,8 +260,11 @@ def demo(
 
     logs.setup()
     if drop:
-        out.print(f"dropped database {DEMO_DATABASE}" if drop_embedded(DEMO_DATABASE)
-                  else f"no database {DEMO_DATABASE}: nothing to drop")
+        out.print(
+            f"dropped database {DEMO_DATABASE}"
+            if drop_embedded(DEMO_DATABASE)
+            else f"no database {DEMO_DATABASE}: nothing to drop"
+        )
         return
     try:
         step = parse_duration(interval)
@@ -266,13 +281,22 @@ def demo(
             server.stop()
     url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     if not database_url:
-        out.print(f"the demo has its own database: report on it with ETL_DATABASE_URL='{url}' etl report "
-                  "equity; remove it with `etl demo --drop`", highlight=False, soft_wrap=True, markup=False)
+        out.print(
+            f"the demo has its own database: report on it with ETL_DATABASE_URL='{url}' etl report "
+            "equity; remove it with `etl demo --drop`",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
     if serve:
         _serve_dashboard(settings, "127.0.0.1", port, None)
     else:
-        out.print(f"see it in a browser: etl demo --serve, or ETL_DATABASE_URL='{url}' etl serve",
-                  highlight=False, soft_wrap=True, markup=False)
+        out.print(
+            f"see it in a browser: etl demo --serve, or ETL_DATABASE_URL='{url}' etl serve",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
 
 
 @app.command()
@@ -298,8 +322,12 @@ def sim(
         sys.stdout.write("\n".join(["# the secrets the config refers to:", *env_lines(sources), ""]) + "\n")
         sys.stdout.write(config_text(sources, interval) + "# end of config\n")
         sys.stdout.flush()
-        err.print("simulators up on loopback: save the config, export the lines above, try "
-                  "`etl run --once --config F`; Ctrl-C stops them", highlight=False, soft_wrap=True)
+        err.print(
+            "simulators up on loopback: save the config, export the lines above, try "
+            "`etl run --once --config F`; Ctrl-C stops them",
+            highlight=False,
+            soft_wrap=True,
+        )
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -317,15 +345,32 @@ def daemon(
         int | None, typer.Option(help="Serve Prometheus metrics on this port.", show_default=False)
     ] = None,
     metrics_host: Annotated[str, typer.Option(help="Address for the metrics endpoint.")] = "0.0.0.0",
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Daemon processes sharing the sources (one per core: a process uses one); "
+            "process i serves metrics on --metrics-port + i.",
+        ),
+    ] = 1,
 ) -> None:
     """Poll every source on its interval until SIGTERM/SIGINT, then finish in-flight loads and exit 0."""
+    from etl.config import check_for_daemon
     from etl.scheduler import run_daemon
-    from etl.store.engine import engine_for
+    from etl.store.engine import database_url, engine_for
 
     logs.setup()
     settings = load_settings(config)
     if not settings.sources:
         raise ConfigError(f"{settings.path or 'config'}: no sources configured")
+    if processes > 1:
+        from etl.daemon.processes import Processes
+
+        check_for_daemon(settings)  # one line here, not one per child
+        url = database_url(settings)  # an embedded server is started here, for all of them
+        parent = Processes(processes, config, url, metrics_port=metrics_port, metrics_host=metrics_host)
+        raise typer.Exit(parent.run())
     engine = engine_for(settings)  # not migrated here: the daemon migrates once the database answers
     _engines.append(engine)
     run_daemon(settings, engine, metrics_port=metrics_port, metrics_host=metrics_host)
@@ -345,7 +390,10 @@ def status(config: ConfigOption = None) -> None:
     try:
         rows = read_status(_engine(settings), settings, spool)
     except (EtlError, DBAPIError) as e:  # the spool is worth showing precisely when the database is down
-        rows, problem = spool_only(settings, spool), str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        rows, problem = (
+            spool_only(settings, spool),
+            str(getattr(e, "orig", None) or e).strip().splitlines()[0],
+        )
     table = Table()
     for column in ("source", "venue", "every", "last ok slot", "last error", "missed 24h", "spooled"):
         table.add_column(column, no_wrap=column != "last error")  # only the message may wrap
@@ -359,7 +407,9 @@ def status(config: ConfigOption = None) -> None:
             error,
             "?" if problem else str(r.missed),
             str(r.spooled),
-            style="red" if r.last_error_slot and (r.last_ok is None or r.last_error_slot > r.last_ok) else None,
+            style="red"
+            if r.last_error_slot and (r.last_ok is None or r.last_error_slot > r.last_ok)
+            else None,
         )
     out.print(table)
     if problem:
@@ -437,7 +487,11 @@ def _emit(rendered: Any) -> None:
         sys.stdout.write(rendered if rendered.endswith("\n") else rendered + "\n")
         return
     for table in rendered if isinstance(rendered, list) else [rendered]:
-        out.print(table if Measurement.get(out, out.options.update(max_width=10_000), table).maximum <= out.width else _vertical(table))
+        out.print(
+            table
+            if Measurement.get(out, out.options.update(max_width=10_000), table).maximum <= out.width
+            else _vertical(table)
+        )
 
 
 def _vertical(table: Table) -> Table:
@@ -469,7 +523,11 @@ def report_balances(
     from etl import report
 
     moment, fmt = _time_option("--at", at), _format_option(fmt)
-    _emit(report.render_balances(report.balances(_engine(load_settings(config, secrets=False)), moment, account), fmt))
+    _emit(
+        report.render_balances(
+            report.balances(_engine(load_settings(config, secrets=False)), moment, account), fmt
+        )
+    )
 
 
 @report_app.command("equity")
@@ -574,8 +632,11 @@ def forget(
         moment = parse_slot(slot)
     except ValueError as e:
         raise ConfigError(f"--slot: {e}") from None
-    out.print(forget_slot(_engine(load_settings(config)), moment, source).summary(moment), highlight=False,
-              soft_wrap=True)
+    out.print(
+        forget_slot(_engine(load_settings(config)), moment, source).summary(moment),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -616,7 +677,9 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 @one_line_errors
 def serve(
     config: ConfigOption = None,
-    host: Annotated[str, typer.Option(help="Address to bind; off loopback a token is required.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to bind; off loopback a token is required.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
     token: Annotated[
         str | None,
@@ -651,8 +714,12 @@ def _serve_dashboard(settings: Settings, host: str, port: int, token: str | None
     migrate.require_head(engine)
     dashboard = Dashboard(engine, settings, Spool(data_dir() / "spool"))
     shown = f"[{host}]" if ":" in host else host
-    out.print(f"dashboard on http://{shown}:{port}/ (read-only; Ctrl-C stops it)", markup=False, highlight=False)
-    uvicorn.run(create_app(dashboard, token=token), host=host, port=port, log_level="warning", access_log=False)
+    out.print(
+        f"dashboard on http://{shown}:{port}/ (read-only; Ctrl-C stops it)", markup=False, highlight=False
+    )
+    uvicorn.run(
+        create_app(dashboard, token=token), host=host, port=port, log_level="warning", access_log=False
+    )
 
 
 def main() -> None:

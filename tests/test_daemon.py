@@ -80,7 +80,7 @@ class Daemon:
 def start(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
-    def start_daemon(config: Path, name: str = "daemon", **env: str) -> Daemon:
+    def start_daemon(config: Path, name: str = "daemon", *options: str, **env: str) -> Daemon:
         log, port = tmp_path / f"{name}.log", free_port()
         environ = {k: v for k, v in os.environ.items() if k not in ("ETL_CONFIG", "ETL_DATABASE_URL")}
         environ.update(ETL_DATA_DIR=str(tmp_path / f"{name}-data"), **env)
@@ -93,6 +93,7 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
             str(config),
             "--metrics-port",
             str(port),
+            *options,
         ]
         with open(log, "wb") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environ)
@@ -315,3 +316,37 @@ def test_two_daemons_poll_each_slot_once_and_one_carries_on_when_the_other_dies(
     assert rows(engine, "SELECT DISTINCT status FROM ingestion_runs") == [("ok",)]
     loaded = len(ok_slots(engine, "alpha")) + len(ok_slots(engine, "beta"))
     assert sim.requests[ACCOUNT_INFO] == loaded  # no slot of either source polled twice
+
+
+def test_processes_share_the_slots_and_a_killed_one_is_started_again(
+    engine, database_url, tmp_path, start, two_accounts
+):
+    sim, entries = two_accounts
+    config = write_config(tmp_path / "etl.toml", database_url, entries)
+    parent = start(config, "parent", "--processes", "2")
+    wait_for(lambda: parent.log.read_text().count("daemon started") == 2, 20, "both processes", parent)
+    time.sleep(3 * INTERVAL)
+    second = Daemon(parent.process, parent.log, parent.metrics_port + 1)  # process 1's metrics
+    for daemon in (parent, second):  # each fires every slot, and wins or loses its claim
+        assert handled(daemon, "alpha") >= 2 and handled(daemon, "beta") >= 2
+    pids = [int(line.rsplit(" ", 1)[1]) for line in parent.lines() if "started: pid" in line]
+    assert len(pids) == 2 and parent.process.pid not in pids
+    sleep_until_mid_slot()
+    os.kill(pids[1], signal.SIGKILL)
+    killed = datetime.now(UTC)
+    wait_for(lambda: "daemon process 1 (pid" in parent.log.read_text(), 10, "the exit to be logged", parent)
+    wait_for(lambda: parent.log.read_text().count("daemon started") == 3, 20, "the restart", parent)
+    time.sleep(2 * INTERVAL)
+    assert parent.terminate(within=10) < 8.0
+
+    lines = parent.lines()
+    assert any("exited unasked with signal SIGKILL" in line for line in lines), lines[-20:]
+    assert sum("daemon stopped" in line for line in lines) == 2  # both children, each cleanly
+    assert lines[-1].endswith("every daemon process stopped")
+    for source in ("alpha", "beta"):
+        slots = ok_slots(engine, source)
+        assert contiguous(slots), slots
+        assert slots[-1] >= killed + timedelta(seconds=2 * INTERVAL - 1)
+    assert rows(engine, "SELECT DISTINCT status FROM ingestion_runs") == [("ok",)]
+    loaded = len(ok_slots(engine, "alpha")) + len(ok_slots(engine, "beta"))
+    assert sim.requests[ACCOUNT_INFO] == loaded  # no slot polled by both processes
