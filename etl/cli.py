@@ -350,6 +350,7 @@ def daemon(
         typer.Option(
             min=1,
             max=64,
+            metavar="N",
             help="Daemon processes sharing the sources (one per core: a process uses one); "
             "process i serves metrics on --metrics-port + i.",
         ),
