@@ -49,10 +49,17 @@ from etl.store.engine import make_engine
 INTERVAL = timedelta(seconds=60)  # the default: the command's deadline is 3/4 of it
 
 
-def write_config(sources: list[Source], urls: dict[str, str], folder: Path, deadline: str | None) -> Path:
+def write_config(
+    sources: list[Source],
+    urls: dict[str, str],
+    folder: Path,
+    deadline: str | None,
+    *,
+    interval: timedelta = INTERVAL,
+) -> Path:
     secrets = folder / "secrets"
     secrets.mkdir()
-    lines = ["[schedule]", f'interval = "{INTERVAL.total_seconds():g}s"']
+    lines = ["[schedule]", f'interval = "{interval.total_seconds():g}s"']
     if deadline:
         lines.append(f'deadline = "{deadline}"')
     for s in sources:

@@ -83,3 +83,13 @@ def test_transport_bench_reports_cpu_per_request_of_both_transports():
     figures = run_bench("bench/transport.py", "--requests", "40", "--runs", "1", "--concurrency", "1", "4")
     for key in ("httpx_cpu_us_c1", "httpx-aiohttp_cpu_us_c4", "aiohttp_vs_httpx_cpu_c4"):
         assert figures[key] > 0, key
+
+
+def test_daemon_bench_runs_the_real_command_with_two_processes_and_stops_it_cleanly():
+    figures = run_bench(
+        "bench/daemon.py", "--sources", "8", "--processes", "2", "--slots", "1", "--interval", "5"
+    )
+    assert figures["ok"] == 8 and figures["not_ok"] == 0  # every source's slot loaded
+    assert figures["rate_limited"] == 0
+    assert figures["exit_code"] == 0
+    assert len(figures["peak_rss_mb"]) == 4  # the parent, multiprocessing's tracker, two daemons
