@@ -9,8 +9,8 @@ daemon --config … --processes N` in a subprocess. Once every process has logge
 start, the next whole slot is a warm-up; the `--slots` after it are measured; then
 SIGTERM, and its exit code is reported. A slot's cycle is from its start to the last
 finish of its run rows (`ingestion_runs`); a slot's CPU is what each part used from its
-start to the next slot's (a cycle ends well inside its interval, so that is the
-cycle's): the daemon's processes (the parent and each child, every thread), the
+start until every source has a finished run row (this bench asks PostgreSQL every 0.25
+s): the daemon's processes (the parent and each child, every thread), the
 simulators, PostgreSQL, the machine (busy time of all cores). bench/poll.py --replicas 2
 measures the same code driven slot by slot from the bench; this is the command.
 """
@@ -67,6 +67,17 @@ def sleep_until(moment: datetime, shares: TreeShares | None = None) -> None:
         if shares is not None:
             shares.sample_rss()
         time.sleep(min(left, 0.5))
+
+
+def wait_for_slot(engine: Any, slot: datetime, sources: int, until: datetime, shares: TreeShares) -> None:
+    """Until every source has a finished run row for `slot` (or `until`)."""
+    query = text("SELECT count(*) FROM ingestion_runs WHERE snapshot_ts = :slot AND status <> 'running'")
+    while datetime.now(UTC) < until:
+        with engine.connect() as conn:
+            if conn.execute(query, {"slot": slot}).scalar_one() >= sources:
+                return
+        shares.sample_rss()
+        time.sleep(0.25)
 
 
 def slot_figures(url: str, slots: list[datetime]) -> list[dict[str, Any]]:
@@ -136,12 +147,15 @@ def main(argv: list[str] | None = None) -> int:
             warm = floor_to_slot(datetime.now(UTC), interval) + interval
             slots = [warm + interval * (i + 1) for i in range(args.slots)]
             shares = TreeShares(psutil.Process(proc.pid), sim_pids)
-            requests0 = stats()
             sleep_until(slots[0], shares)
+            requests0 = stats()  # the warm-up slot's polls ended long before
+            engine = make_engine(url)
             for slot in slots:
                 with shares.counting():
-                    sleep_until(slot + interval, shares)
+                    wait_for_slot(engine, slot, len(sources), slot + interval, shares)
+                sleep_until(slot + interval, shares)
             requests1 = stats()
+            engine.dispose()
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
