@@ -196,6 +196,7 @@ class Spool:
         self.rejected = root / "rejected"
         self._depth: int | None = None
         self._counted_at = 0.0
+        self._changes = 0  # this object's writes and removals: one during a count makes it stale
         self._unreadable: OSError | None = None
 
     def put(self, entry: Entry) -> Path:
@@ -218,6 +219,7 @@ class Spool:
             with contextlib.suppress(OSError):
                 temp.unlink(missing_ok=True)
             raise
+        self._changes += 1
         if self._depth is not None:
             self._depth += 1
         _fsync_dir(self.root)
@@ -229,7 +231,7 @@ class Spool:
     def oldest(self, n: int, skip: Callable[[str], bool] | None = None) -> list[Path]:
         """The entries of the `n` oldest slots (but those whose name `skip` says to), oldest
         first: one pass over the folder with `n` names in memory, recounting the depth."""
-        counted = 0
+        counted, since = 0, self._changes
 
         def names() -> Iterator[str]:
             nonlocal counted
@@ -239,7 +241,7 @@ class Spool:
                     yield name
 
         first = heapq.nsmallest(n, names())
-        self._recounted(counted)
+        self._recounted(counted, since)
         return [self.root / name for name in first]
 
     def _names(self) -> Iterator[str]:
@@ -311,17 +313,24 @@ class Spool:
 
     def depth(self) -> int:
         if self._depth is None or time.monotonic() - self._counted_at > RESCAN:
-            self._recounted(sum(1 for _ in self._names()))
+            since = self._changes
+            self._recounted(sum(1 for _ in self._names()), since)
         assert self._depth is not None
         return self._depth
 
     def depth_by_source(self) -> Counter[str]:
         return Counter(source for source in map(source_of, self._names()) if source is not None)
 
-    def _recounted(self, depth: int) -> None:
-        self._depth, self._counted_at = depth, time.monotonic()
+    def _recounted(self, depth: int, since: int) -> None:
+        """A count of the folder. A write or removal of this object during it (`put` runs
+        in a worker thread) may be missing from it, and its own +1 overwritten: such a
+        count is kept only until the next look, which counts again: else an entry
+        spooled during a count would go uncounted, and undrained, for RESCAN seconds."""
+        self._depth = depth
+        self._counted_at = time.monotonic() if self._changes == since else 0.0
 
     def _took_one(self) -> None:
+        self._changes += 1
         if self._depth is not None:
             self._depth = max(0, self._depth - 1)
 

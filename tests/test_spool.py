@@ -73,6 +73,20 @@ def test_entries_sort_oldest_slot_first_and_temp_files_are_not_entries(tmp_path)
     assert sorted(os.listdir(tmp_path)) == sorted([early.name, late.name])
 
 
+def test_an_entry_written_while_the_folder_is_counted_is_counted_at_the_next_look(tmp_path, monkeypatch):
+    spool = Spool(tmp_path)
+    listed = spool._names
+
+    def racing():  # the ledger's put runs in a worker thread: here, half-way through a count
+        yield from listed()
+        spool.put(SpooledMissed("a", (datetime(2026, 1, 1, tzinfo=UTC),), "paused"))
+
+    monkeypatch.setattr(spool, "_names", racing)
+    assert spool.depth() == 0  # the count that missed it
+    monkeypatch.setattr(spool, "_names", listed)
+    assert spool.depth() == 1  # counted again at once, not RESCAN seconds later
+
+
 def test_a_process_starting_on_a_shared_spool_leaves_a_live_writers_temp_file(tmp_path):
     """`etl daemon --processes N` shares one spool: a child restarted while another writes
     must not delete that write's temp file before its rename."""
