@@ -15,8 +15,9 @@ keeps slots nobody polled, to be recorded as `missed` in `ingestion_runs`.
 The text is ASCII (every other character escaped), so any body spools, a lone surrogate
 included. A failed write removes its temp file. Several processes may share the folder
 (`etl daemon --processes N`, or replicas on one machine): a temp file names its writer's
-pid, and a process starting up removes only those whose writer is gone. The daemon reads the folder in bounded
-steps (`Spool.oldest(n)`) and keeps its depth as a count (`Spool.depth`).
+pid, and a process starting up removes only those whose writer is gone. The daemon
+reads the folder in bounded steps (`Spool.oldest(n)`) and keeps its depth as a count
+(`Spool.depth`).
 """
 
 from __future__ import annotations
