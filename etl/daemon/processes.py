@@ -156,8 +156,7 @@ class Processes:
             while passed < self._signals:
                 passed += 1
                 for process in self._children.values():
-                    if process.exitcode is None and process.pid is not None:
-                        os.kill(process.pid, signal.SIGTERM)
+                    process.terminate()  # SIGTERM, unless it has exited already
             wait([p.sentinel for p in self._children.values()], timeout=0.5)
             for index, process in list(self._children.items()):
                 if process.exitcode is not None:
