@@ -11,8 +11,8 @@ half on LTP and half on Tread.fi (up to 100 accounts behind each key). `--source
 instead gives N single-account sources, each its own API key, a quarter on each venue: a
 desk whose every sub-account is a key.
 
-Each cycle is what the daemon does at a slot (`Daemon.run_slot` for every source at
-once: claim, poll through the per-key rate limiter, normalize, load in a worker thread),
+Each cycle is what the daemon does at a slot (`Daemon.run_slots` over every source, as
+the schedule's job of an interval: claim, poll through the per-key rate limiter, normalize, load in a worker thread),
 timed from the slot's start to the last commit. The floor is what latency and rate
 limits alone allow: the longest chain of sequential requests of any source times the
 latency (the cadence is chosen so that no key's rate limit binds; a 429 would say
@@ -313,6 +313,7 @@ async def daemon_cycles(
     with tempfile.TemporaryDirectory() as spool_dir:
         daemon = scheduler.Daemon(settings, engine, Spool(Path(spool_dir)), worker="bench")
         out = []
+        names = [s.name for s in settings.sources]
         async with daemon.running():
             for i in range(cycles):
                 slot = await _next_slot(interval)
@@ -321,9 +322,7 @@ async def daemon_cycles(
                 # the CPU shares are steady cycles', as the cycle's median is: not the first
                 with shares.counting() if i > 0 or cycles == 1 else contextlib.nullcontext():
                     t0 = time.perf_counter()
-                    outcomes = await asyncio.gather(
-                        *(daemon.run_slot(s, slot, deadline) for s in settings.sources)
-                    )
+                    outcomes = list((await daemon.run_slots(names, slot, deadline)).values())
                     seconds = time.perf_counter() - t0
                 accounts = clock.accounts - accounts0
                 out.append(

@@ -2,8 +2,9 @@
 
 Each replica is its own process (spawned, so nothing is shared but PostgreSQL) running the
 daemon's code: `scheduler.Daemon` with its claims, per-source clients, database threads and
-spool, told by this process which slot to run next; at that slot's start it fires every
-source's `run_slot` at once, as its schedule would. The simulators keep their own process.
+spool, told by this process which slot to run next; at that slot's start it runs every
+source's slot at once (`Daemon.run_slots`), as its schedule would. The simulators keep
+their own process.
 
 Cycles alternate between one replica alone and both together, after a warm-up cycle of
 each (the first cycle fetches HTX contract sizes), so that the ratio of their throughputs
@@ -63,6 +64,7 @@ async def _replica(name: str, worker: str, settings: Any, url: str, conn: Any) -
     interval = settings.schedule.interval
     with tempfile.TemporaryDirectory() as spool_dir:
         daemon = scheduler.Daemon(settings, engine, Spool(Path(spool_dir)), worker=worker)
+        names = [s.name for s in settings.sources]
         async with daemon.running():
             conn.send("ready")
             while (slot := await asyncio.to_thread(conn.recv)) != "stop":
@@ -71,15 +73,10 @@ async def _replica(name: str, worker: str, settings: Any, url: str, conn: Any) -
                     time.monotonic() + (slot + interval * scheduler.POLL_SHARE).timestamp() - time.time()
                 )
                 cpu0 = time.process_time()
-                outcomes = await asyncio.gather(
-                    *(daemon.run_slot(s, slot, deadline) for s in settings.sources)
-                )
+                ran = await daemon.run_slots(names, slot, deadline)
                 seconds = time.time() - slot.timestamp()
-                polled = frozenset(
-                    s.name
-                    for s, o in zip(settings.sources, outcomes, strict=True)
-                    if o != "claimed_elsewhere"
-                )
+                polled = frozenset(n for n, o in ran.items() if o != "claimed_elsewhere")
+                outcomes = list(ran.values())
                 counts = {o: outcomes.count(o) for o in set(outcomes)}
                 conn.send(Ran(name, slot, seconds, time.process_time() - cpu0, polled, counts, rss_mb()))
     engine.dispose()

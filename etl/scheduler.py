@@ -1,12 +1,15 @@
 """`etl daemon`: every source polled on its UTC-aligned slots, for months, on one event loop.
 
-Scheduling (APScheduler 3): one job per source on an `IntervalTrigger` aligned to the
-source's interval since the epoch; `max_instances=1` and `coalesce`, so a late process
-does not fire a burst; a misfire grace of a quarter of the interval (whole seconds, at
-least 1: APScheduler's rule). The grace stays under the interval, so a job always runs
-inside its own slot and the slot is `floor(now)`. A slot that starts beyond the grace,
-that is skipped because the previous one still runs, or that coalescing folds away after
-a pause or a sleep, is recorded as `missed` in `ingestion_runs`, never skipped silently.
+Scheduling (APScheduler 3): one job per interval, for all the sources that have it, on an
+`IntervalTrigger` aligned to the interval since the epoch; `max_instances=1` and
+`coalesce`, so a late process does not fire a burst; a misfire grace of a quarter of the
+interval (whole seconds, at least 1: APScheduler's rule). The grace stays under the
+interval, so a job always runs inside its own slot and the slot is `floor(now)`. The job
+claims its sources' slot (`Claims.claim_all`) and starts a task for each slot this
+replica won, and only for those: a job and a task per source and slot cost each replica
+CPU for every source, its own or not. A slot that starts beyond the grace, that a source
+skips because its previous one still runs, or that coalescing folds away after a pause
+or a sleep, is recorded as `missed` in `ingestion_runs`, never skipped silently.
 
 `Daemon` puts the parts of `etl.daemon` together: the slot runner (claim, poll with a
 deadline at POLL_SHARE of the interval, load in a worker thread, or spool), the claim
@@ -71,6 +74,8 @@ SHUTDOWN_GRACE = 10.0  # seconds for slots in flight after SIGTERM (systemd's Ti
 CLOSE_TIMEOUT = 5.0  # seconds, after the grace, for cancelled slots and the last run rows owed
 KEEPALIVE_MARGIN = timedelta(seconds=5)  # an idle connection lives one interval and this
 MAX_KEEPALIVE = timedelta(minutes=5)  # longer than venues keep idle connections open anyway
+STILL_RUNNING = "the previous slot of this source was still running"
+NOT_RUNNING = "the daemon did not run (stopped, paused or machine asleep)"
 
 
 def missed_between(
@@ -122,7 +127,11 @@ class Daemon:
         )
         parts = (self.database, self.claims, self.loads, self.ledger, self.supervisor)
         self.runner = Runner(settings, self.timing, parts, spool, self.metrics, self.limiter_for)
+        self.groups: dict[str, list[str]] = {}  # per job: its sources, those of one interval
+        for name, timing in self.timing.items():
+            self.groups.setdefault(f"every {timing.interval.total_seconds():g}s", []).append(name)
         self._expected: dict[str, datetime] = {}  # per source: the next slot that should run
+        self._busy: dict[str, asyncio.Task[str] | None] = {}  # per source: its slot in flight
         self._limiters: dict[tuple[str, str], AsyncLimiter] = {}
         self._stopping = asyncio.Event()
 
@@ -221,6 +230,7 @@ class Daemon:
         if not pending:
             return
         _, late = await asyncio.wait(pending, timeout=self.shutdown_grace)
+        late |= {t for t in self.runner.inflight if not t.done()}  # slots claimed meanwhile
         for task in late:
             task.cancel()  # a slot cancelled here spools what it has (see Runner._slot)
         if late:
@@ -229,7 +239,8 @@ class Daemon:
     def _schedule(self) -> AsyncIOScheduler:
         scheduler = AsyncIOScheduler(timezone=UTC)
         now = datetime.now(UTC)
-        for name, timing in self.timing.items():
+        for job_id, names in self.groups.items():
+            timing = self.timing[names[0]]
             slot = floor_to_slot(now, timing.interval)
             options: dict[str, Any] = {}
             if (now - slot).total_seconds() < timing.grace / 2:
@@ -237,9 +248,9 @@ class Daemon:
             scheduler.add_job(
                 self.on_slot,
                 IntervalTrigger(seconds=timing.interval.total_seconds(), start_date=slot, timezone=UTC),
-                args=[name],
-                id=name,
-                name=f"slot of {name}",
+                args=[job_id],
+                id=job_id,
+                name=f"slots of {len(names)} source(s) every {timing.interval.total_seconds():g}s",
                 max_instances=1,
                 coalesce=True,
                 misfire_grace_time=timing.grace,
@@ -276,18 +287,64 @@ class Daemon:
 
     # -- slots ---------------------------------------------------------------------------
 
-    async def on_slot(self, name: str) -> None:
-        """The job: runs at most `grace` seconds after its slot's start, so floor(now) is the slot."""
-        timing = self.timing[name]
+    async def on_slot(self, job_id: str) -> None:
+        """The job of the sources of one interval: runs at most `grace` seconds after its
+        slot's start, so floor(now) is the slot. It starts the slot's claims and returns:
+        each source's slot is a task of its own, started once this replica has won it."""
+        names = self.groups[job_id]
+        timing = self.timing[names[0]]
         now = datetime.now(UTC)
         slot = floor_to_slot(now, timing.interval)
-        try:
-            reason = "the daemon did not run (stopped, paused or machine asleep)"
-            self._advance(name, slot, skipped=False, reason=reason)
-        except Exception as err:  # a bug of ours: this slot still runs, and the next ones
-            self.supervisor.crashed("schedule", "the slot runs anyway", err)
         deadline = time.monotonic() + (slot + timing.poll_budget - now).total_seconds()
-        await self.run_slot(self.sources[name], slot, deadline)
+        self.supervisor.spawn("slots", self.run_slots(names, slot, deadline))
+
+    async def run_slots(self, names: list[str], slot: datetime, deadline: float) -> dict[str, str]:
+        """The slot of each source of `names` (one interval), as the schedule runs them: a
+        source whose previous slot still runs misses this one (recorded); the others are
+        claimed together and each won slot polled in a task of its own. Returns each
+        source's outcome (`run_slot`'s)."""
+        ready: list[str] = []
+        outcomes: dict[str, str] = {}
+        for name in names:
+            busy = name in self._busy
+            try:
+                if busy:
+                    outcomes[name] = "missed"
+                    self._advance(name, slot, skipped=True, reason=STILL_RUNNING)
+                else:
+                    self._advance(name, slot, skipped=False, reason=NOT_RUNNING)
+            except Exception as err:  # a bug of ours: this slot still runs, and the next ones
+                self.supervisor.crashed("schedule", "the slot runs anyway", err)
+            if not busy:
+                ready.append(name)
+                self._busy[name] = None  # until its claim is answered
+        tasks: dict[str, asyncio.Task[str]] = {}
+
+        def start(name: str, claimed: bool | None) -> None:
+            try:
+                if claimed is False or (claimed is None and self._stopping.is_set()):
+                    del self._busy[name]
+                    if claimed is False:
+                        outcomes[name] = "claimed_elsewhere"
+                        self.metrics.slots.labels(name, "claimed_elsewhere").inc()
+                    return
+                task = asyncio.create_task(
+                    self.runner.run_slot(self.sources[name], slot, deadline, claimed=claimed)
+                )
+                self.runner.inflight.add(task)  # before it starts: shutdown waits for it
+                self._busy[name] = task
+                task.add_done_callback(partial(self._idle, name))
+                tasks[name] = task
+            except Exception as err:
+                self.supervisor.crashed("schedule", "this source's slot is not polled", err)
+
+        await self.claims.claim_all(ready, slot, self.timing[names[0]].interval, deadline, start)
+        outcomes.update(zip(tasks, await asyncio.gather(*tasks.values()), strict=True))
+        return outcomes
+
+    def _idle(self, name: str, task: asyncio.Task[str]) -> None:
+        if self._busy.get(name) is task:
+            del self._busy[name]
 
     async def run_slot(self, source: SourceConfig, slot: datetime, deadline: float) -> str:
         """One slot of one source (see `etl.daemon.runner`): ok, error, spooled, claimed_elsewhere or missed."""
@@ -308,14 +365,18 @@ class Daemon:
 
     def _on_skipped(self, event: JobEvent) -> None:
         """APScheduler listener: a run started beyond its grace, or the previous one still ran."""
-        grace = self.timing[event.job_id].grace
+        names = self.groups.get(event.job_id)
+        if names is None:  # retention: its next run is tomorrow's
+            return
+        grace = self.timing[names[0]].grace
         if event.code == EVENT_JOB_MISSED:
             slot = event.scheduled_run_time
             reason = f"not started within its {grace}s grace (process paused, machine asleep or overloaded)"
         else:
             slot = event.scheduled_run_times[-1]
-            reason = "the previous slot of this source was still running"
-        self._advance(event.job_id, slot.astimezone(UTC), skipped=True, reason=reason)
+            reason = "the previous slot of these sources was still being started"
+        for name in names:
+            self._advance(name, slot.astimezone(UTC), skipped=True, reason=reason)
 
     def _advance(self, name: str, slot: datetime, *, skipped: bool, reason: str) -> None:
         """Move the source's expected next slot past `slot`; what was jumped over is missed."""

@@ -52,10 +52,11 @@ def replica(settings: Any, engine: Any, spool: Any, worker: str, *, chunk: int =
 
 
 async def one_slot(daemons: list[Daemon], slot: datetime) -> list[list[str]]:
-    """Every daemon fires every source's job of `slot` at once, as the schedule does."""
+    """Every daemon runs the slot of every source at once, as its schedule's job does; the
+    outcomes in the order of NAMES."""
     deadline = time.monotonic() + 20
-    runs = [asyncio.gather(*(d.run_slot(d.sources[n], slot, deadline) for n in NAMES)) for d in daemons]
-    return list(await asyncio.gather(*runs))
+    runs = await asyncio.gather(*(d.run_slots(NAMES, slot, deadline) for d in daemons))
+    return [[ran[n] for n in NAMES] for ran in runs]
 
 
 def test_two_replicas_split_a_slots_sources_and_poll_each_once(engine, tmp_path, forty):
@@ -68,7 +69,17 @@ def test_two_replicas_split_a_slots_sources_and_poll_each_once(engine, tmp_path,
         async with a.running(), b.running():
             return await one_slot([a, b], slot)
 
+    started: Counter[str] = Counter()
+    for daemon in (a, b):  # a slot is a task only where it was won
+        run_slot = daemon.runner.run_slot
+
+        def counted(source: Any, *args: Any, run_slot: Any = run_slot, **kwargs: Any) -> Any:
+            started[source.name] += 1
+            return run_slot(source, *args, **kwargs)
+
+        daemon.runner.run_slot = counted  # type: ignore[method-assign]
     of_a, of_b = asyncio.run(go())
+    assert started == dict.fromkeys(NAMES, 1)
     for name, x, y in zip(NAMES, of_a, of_b, strict=True):
         assert sorted([x, y]) == ["claimed_elsewhere", "ok"], name
     share = of_a.count("ok") / N

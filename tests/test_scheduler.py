@@ -259,6 +259,42 @@ def test_slots_a_paused_process_could_not_run_are_recorded_as_missed(engine, tmp
     assert all("paused" in r[2] for r in missed), runs
 
 
+def test_a_source_whose_last_slot_still_runs_misses_the_next_and_the_others_run_it(engine, tmp_path):
+    """One interval, one job: a slow source does not hold up the others, nor run twice at once."""
+    slow, fast = BittapSimulator(seed=3, latency=2.5), BittapSimulator(seed=4)
+    slow.add_account("slow-key", "slow-secret")
+    fast.add_account("fast-key", "fast-secret")
+    with served(slow) as slow_server, served(fast) as fast_server:
+        settings = settings_for(
+            source_entry("slow", "bittap", slow_server.url, "slow-key", "slow-secret"),
+            source_entry("fast", "bittap", fast_server.url, "fast-key", "fast-secret"),
+            interval="60s",
+            timeout="10s",
+        )
+        daemon = Daemon(settings, engine, Spool(tmp_path))
+        first = floor_to_slot(datetime.now(UTC), 60 * S) - 60 * S
+
+        async def go() -> tuple[dict[str, str], dict[str, str]]:
+            async with daemon.running():
+                deadline = time.monotonic() + 20
+                earlier = asyncio.create_task(daemon.run_slots(["slow", "fast"], first, deadline))
+                await asyncio.sleep(1.0)  # fast has loaded; slow waits for its venue
+                later = await daemon.run_slots(["slow", "fast"], first + 60 * S, deadline)
+                return await earlier, later
+
+        earlier, later = asyncio.run(go())
+    assert earlier == {"slow": "ok", "fast": "ok"}
+    assert later == {"slow": "missed", "fast": "ok"}
+    assert slow.requests[ACCOUNT_INFO] == 1
+    sql = "SELECT source, snapshot_ts - :first, status, error FROM ingestion_runs ORDER BY 1, 2"
+    assert rows(engine, sql, first=first) == [
+        ("fast", 0 * S, "ok", None),
+        ("fast", 60 * S, "ok", None),
+        ("slow", 0 * S, "ok", None),
+        ("slow", 60 * S, "missed", "the previous slot of this source was still running"),
+    ]
+
+
 def test_a_poll_cut_short_by_shutdown_is_kept_in_the_spool_and_recorded(engine, tmp_path, venue):
     sim, url = venue
     sim.fail_next(Fault(200, "{}", delay=2.5))  # a slow venue: the poll outlives the shutdown grace

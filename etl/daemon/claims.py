@@ -25,9 +25,11 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Protocol
 
 from etl.daemon.health import Database
 from etl.daemon.supervisor import Supervisor
@@ -39,13 +41,37 @@ AHEAD = 2  # chunks: the next is claimed while fewer than AHEAD * CHUNK claimed 
 Key = tuple[datetime, timedelta]  # (slot, interval)
 
 
+class Answer(Protocol):
+    """Where a claim's answer goes: a future a slot awaits, or a `Start`."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: bool | None, /) -> None: ...
+
+
+class Start:
+    """An answer that starts (or drops) the slot's work itself: no task waits for it."""
+
+    __slots__ = ("_done", "name", "start")
+
+    def __init__(self, name: str, start: Callable[[str, bool | None], None]):
+        self.name, self.start, self._done = name, start, False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: bool | None, /) -> None:
+        self._done = True
+        self.start(self.name, result)
+
+
 @dataclass
 class Round:
     """The claims of one slot by this process: asked, and not yet sent to the database."""
 
     deadline: float  # time.monotonic() by which the slot's polls end
+    task: asyncio.Task[None] | None = None  # the round's claiming, while it runs
     pending: list[str] = field(default_factory=list)
-    answers: dict[str, asyncio.Future[bool | None]] = field(default_factory=dict)
+    answers: dict[str, Answer] = field(default_factory=dict)
 
 
 class Claims:
@@ -72,18 +98,47 @@ class Claims:
         None: the database is down, poll unclaimed."""
         if not self.database.up:
             return None
-        key = (slot, interval)
-        round_ = self.rounds.get(key)
-        if round_ is None:
-            round_ = self.rounds[key] = Round(deadline)
-            claiming = self.supervisor.spawn("claims", self._run(key, round_))
-            claiming.add_done_callback(partial(self._ended, key, round_))
+        round_ = self._round((slot, interval), deadline)
         if source in round_.answers:  # already being claimed for this slot, by this process
             return False
         answer: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
         round_.answers[source] = answer
         round_.pending.append(source)
         return await answer
+
+    async def claim_all(
+        self,
+        sources: list[str],
+        slot: datetime,
+        interval: timedelta,
+        deadline: float,
+        start: Callable[[str, bool | None], None],
+    ) -> None:
+        """Claim the slot of every source of `sources`, calling `start(source, answer)` as
+        each answer comes, with `claim`'s answers; returns once every source has had its
+        answer. No task or future per source: a slot another replica won costs its share
+        of one statement and nothing more. `start` must not raise."""
+        if not self.database.up:
+            for source in sources:
+                start(source, None)
+            return
+        round_ = self._round((slot, interval), deadline)
+        for source in sources:
+            if source in round_.answers:
+                start(source, False)
+            else:
+                round_.answers[source] = Start(source, start)
+                round_.pending.append(source)
+        assert round_.task is not None
+        await asyncio.wait([round_.task])  # not cancelled with the caller: other slots wait on it
+
+    def _round(self, key: Key, deadline: float) -> Round:
+        round_ = self.rounds.get(key)
+        if round_ is None:
+            round_ = self.rounds[key] = Round(deadline)
+            round_.task = self.supervisor.spawn("claims", self._run(key, round_))
+            round_.task.add_done_callback(partial(self._ended, key, round_))
+        return round_
 
     def release(self, source: str, slot: datetime) -> None:
         """The slot's work is over (whatever its outcome): room for the next chunk. A slot

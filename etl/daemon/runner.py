@@ -10,6 +10,7 @@ its traceback, counted, and the slot recorded as an error; it never stops the sc
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections.abc import Callable
@@ -35,6 +36,13 @@ log = logging.getLogger(__name__)
 
 POLL_SHARE = 0.75  # of the interval, from the slot's start: the poll and its retries end by then
 GRACE_SHARE = 0.25
+
+
+class Ask(enum.Enum):
+    ASK = "ask"
+
+
+ASK = Ask.ASK  # Runner.run_slot: the slot makes its own claim
 
 
 @dataclass(frozen=True)
@@ -82,12 +90,24 @@ class Runner:
         self.pools: HostPools | None = None  # the venue hosts' HTTP pools, while the daemon runs
         self.inflight: set[asyncio.Task[Any]] = set()
 
-    async def run_slot(self, source: SourceConfig, slot: datetime, deadline: float) -> str:
-        """One slot of one source, polled by `deadline` (time.monotonic()); returns the outcome."""
+    async def run_slot(
+        self, source: SourceConfig, slot: datetime, deadline: float, *, claimed: bool | Ask | None = ASK
+    ) -> str:
+        """One slot of one source, polled by `deadline` (time.monotonic()); returns the outcome.
+        `claimed`: ASK, the slot claims itself; True, claimed already by this replica; None,
+        unclaimed (the database was down when the claims were made)."""
         task = asyncio.current_task()
         assert task is not None
         self.inflight.add(task)
         try:
+            if claimed is ASK:
+                claimed = await self.claims.claim(
+                    source.name, slot, self.timing[source.name].interval, deadline
+                )
+            if claimed is False:
+                self.metrics.slots.labels(source.name, "claimed_elsewhere").inc()
+                log.debug("%s %s: claimed by another worker", source.name, iso(slot))
+                return "claimed_elsewhere"
             return await self._slot(source, slot, deadline)
         except Exception as err:
             self.supervisor.crashed("slot", "the slot is recorded as an error", err)
@@ -100,12 +120,8 @@ class Runner:
             self.claims.release(source.name, slot)  # room for this replica's next claims
 
     async def _slot(self, source: SourceConfig, slot: datetime, deadline: float) -> str:
+        """The poll and the load (or spool) of a slot this replica may poll."""
         timing = self.timing[source.name]
-        claimed = await self.claims.claim(source.name, slot, timing.interval, deadline)
-        if claimed is False:
-            self.metrics.slots.labels(source.name, "claimed_elsewhere").inc()
-            log.debug("%s %s: claimed by another worker", source.name, iso(slot))
-            return "claimed_elsewhere"
         assert self.pools is not None, "slots run inside Daemon.running()"
         base_url = base_url_of(source)
         http = client_for(
