@@ -1,9 +1,9 @@
 """The daemon's Prometheus metrics (prometheus-client), on `etl daemon --metrics-port P`.
 
 Per source: when a slot last loaded and which, how late its load finished (slot lag),
-poll and load durations, rows, outcomes, errors by fault and missed slots; for the
-process: the spool depth, whether the database answers, and crashes of its own tasks. Each daemon has its own registry, so
-tests can run several in one process.
+rows, outcomes, errors by fault and missed slots; per venue: poll and load durations;
+for the process: the spool depth, whether the database answers, and crashes of its own
+tasks. Each daemon has its own registry, so tests can run several in one process.
 """
 
 from __future__ import annotations
@@ -41,15 +41,21 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        # Durations by venue, not by source: a histogram is 15 series, and per source at
+        # 10,000 sources they took 84 MB a process and 3.3 CPU-s a scrape (of 4.1 s).
         self.poll_seconds = Histogram(
             "etl_poll_duration_seconds",
-            "Venue poll, retries included",
-            ["source"],
+            "Venue poll of one source's slot, retries included",
+            ["venue"],
             buckets=_BUCKETS,
             registry=r,
         )
         self.load_seconds = Histogram(
-            "etl_load_duration_seconds", "Database load of one slot", ["source"], buckets=_BUCKETS, registry=r
+            "etl_load_duration_seconds",
+            "Database load of one source's slot",
+            ["venue"],
+            buckets=_BUCKETS,
+            registry=r,
         )
         self.rows = Counter("etl_rows_total", "Rows loaded", ["source", "table"], registry=r)
         self.slots = Counter(
@@ -99,7 +105,7 @@ class Metrics:
         """A live slot's outcome (`ok` or a venue `error`), as written to the database."""
         source = result.source
         self.slots.labels(source, result.status).inc()
-        self.load_seconds.labels(source).observe(load_seconds)
+        self.load_seconds.labels(result.venue).observe(load_seconds)
         if result.status != "ok":
             self.failed(source, result.fault)
             return

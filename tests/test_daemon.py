@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -172,6 +173,10 @@ def test_a_two_second_daemon_loads_aligned_slots_and_exits_0_on_sigterm(
         assert f'etl_last_success_timestamp_seconds{{source="{source}"}}' in scraped
     assert sim.requests[ACCOUNT_INFO] == len(ok_slots(engine, "alpha")) + len(ok_slots(engine, "beta"))
     assert "etl_spool_depth 0.0" in scraped and "etl_database_up 1.0" in scraped
+    # durations by venue: both sources' polls in one histogram
+    polls = re.search(r'^etl_poll_duration_seconds_count\{venue="bittap"\} (\S+)$', scraped, re.M)
+    assert polls and float(polls.group(1)) >= 4, scraped
+    assert 'etl_load_duration_seconds_count{venue="bittap"}' in scraped
 
     logged = [json.loads(line) for line in daemon.lines()]  # every line is one JSON object
     loaded = [entry for entry in logged if entry.get("status") == "ok"]

@@ -143,7 +143,7 @@ class Runner:
             return self._spool_now(
                 Polled(source, slot, started, tuple(http.received), None, stopped, http.attempts)
             )
-        self.metrics.poll_seconds.labels(source.name).observe(time.perf_counter() - t0)
+        self.metrics.poll_seconds.labels(source.venue).observe(time.perf_counter() - t0)
         try:
             return await self._store(polled, end=slot + timing.interval)
         except asyncio.CancelledError:
