@@ -1,4 +1,6 @@
-"""Logging: readable text by default, one JSON object per line with ETL_LOG_FORMAT=json."""
+"""Logging: readable text by default, one JSON object per line with ETL_LOG_FORMAT=json;
+INFO and up unless ETL_LOG_LEVEL says otherwise (debug adds the daemon's line per
+source and slot loaded)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import logging
 import os
 import sys
 from datetime import UTC, datetime
+
+from etl.errors import ConfigError
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -25,7 +29,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup(level: int = logging.INFO) -> None:
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def setup(level: int | None = None) -> None:
+    if level is None:
+        name = os.environ.get("ETL_LOG_LEVEL", "info").strip().lower()
+        if name not in LEVELS:
+            raise ConfigError(f"ETL_LOG_LEVEL={name!r}: expected one of {', '.join(LEVELS)}")
+        level = LEVELS[name]
     handler = logging.StreamHandler(sys.stderr)
     if os.environ.get("ETL_LOG_FORMAT", "text").lower() == "json":
         handler.setFormatter(JsonFormatter())

@@ -37,6 +37,7 @@ import signal
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -340,7 +341,20 @@ class Daemon:
 
         await self.claims.claim_all(ready, slot, self.timing[names[0]].interval, deadline, start)
         outcomes.update(zip(tasks, await asyncio.gather(*tasks.values()), strict=True))
+        self._summary(slot, outcomes)
         return outcomes
+
+    def _summary(self, slot: datetime, outcomes: dict[str, str]) -> None:
+        """One line per slot and interval: a line per source loaded would be 10,000 a
+        slot (ETL_LOG_LEVEL=debug has them); failures are logged per source anyway."""
+        counts = Counter(outcomes.values())
+        log.info(
+            "slot %s: %d source(s): %s",
+            iso(slot),
+            len(outcomes),
+            ", ".join(f"{n:,} {o.replace('_', ' ')}" for o, n in sorted(counts.items())),
+            extra={"slot": iso(slot), "event": "slot", "sources": len(outcomes), **counts},
+        )
 
     def _idle(self, name: str, task: asyncio.Task[str]) -> None:
         if self._busy.get(name) is task:

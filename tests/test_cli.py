@@ -128,6 +128,15 @@ def test_a_bad_config_is_one_line_on_stderr_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_bad_log_level_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("ETL_LOG_LEVEL", "loud")
+    monkeypatch.delenv("ETL_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["check"])
+    assert result.exit_code == 2
+    assert result.output == "error: ETL_LOG_LEVEL='loud': expected one of debug, info, warning, error\n"
+
+
 def test_an_unreachable_database_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("ETL_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
     monkeypatch.delenv("ETL_CONFIG", raising=False)

@@ -159,7 +159,7 @@ def test_a_two_second_daemon_loads_aligned_slots_and_exits_0_on_sigterm(
 ):
     sim, entries = two_accounts
     config = write_config(tmp_path / "etl.toml", database_url, entries)
-    daemon = start(config, ETL_LOG_FORMAT="json")
+    daemon = start(config, ETL_LOG_FORMAT="json", ETL_LOG_LEVEL="debug")
     time.sleep(6)
     scraped = daemon.metrics()
     time.sleep(4)
@@ -179,10 +179,12 @@ def test_a_two_second_daemon_loads_aligned_slots_and_exits_0_on_sigterm(
     assert 'etl_load_duration_seconds_count{venue="bittap"}' in scraped
 
     logged = [json.loads(line) for line in daemon.lines()]  # every line is one JSON object
-    loaded = [entry for entry in logged if entry.get("status") == "ok"]
+    loaded = [entry for entry in logged if entry.get("status") == "ok"]  # debug: a line per source
     assert {(e["source"], e["slot"]) for e in loaded} == {
         (s, f"{slot:%Y-%m-%dT%H:%M:%SZ}") for s in ("alpha", "beta") for slot in ok_slots(engine, s)
     }
+    summaries = {e["slot"]: (e["sources"], e["ok"]) for e in logged if e.get("event") == "slot"}
+    assert summaries == {f"{slot:%Y-%m-%dT%H:%M:%SZ}": (2, 2) for slot in ok_slots(engine, "alpha")}
     assert logged[-1]["event"] == "stopped"
 
     monkeypatch.setenv("ETL_DATA_DIR", str(tmp_path / "daemon-data"))

@@ -150,7 +150,8 @@ class Loads:
         extra = {"source": result.source, "slot": iso(result.slot), "status": result.status}
         if result.status == "ok":
             counts = result.counts
-            log.info(
+            log.log(
+                logging.INFO if where else logging.DEBUG,  # live ones: the slot's summary line
                 "%s %s: ok%s, %d accounts, %d balances, %d positions, %d attempt(s)",
                 result.source,
                 iso(result.slot),
