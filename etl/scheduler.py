@@ -337,9 +337,15 @@ class Daemon:
                 task.add_done_callback(partial(self._idle, name))
                 tasks[name] = task
             except Exception as err:
+                self._busy.pop(name, None)
                 self.supervisor.crashed("schedule", "this source's slot is not polled", err)
 
-        await self.claims.claim_all(ready, slot, self.timing[names[0]].interval, deadline, start)
+        try:
+            await self.claims.claim_all(ready, slot, self.timing[names[0]].interval, deadline, start)
+        finally:  # a source left unanswered (a bug, or shutdown) must not stay busy for good
+            for name in ready:
+                if name in self._busy and self._busy[name] is None:
+                    del self._busy[name]
         outcomes.update(zip(tasks, await asyncio.gather(*tasks.values()), strict=True))
         self._summary(slot, outcomes)
         return outcomes
