@@ -73,6 +73,7 @@ async def _replica(name: str, worker: str, settings: Any, url: str, conn: Any) -
                     time.monotonic() + (slot + interval * scheduler.POLL_SHARE).timestamp() - time.time()
                 )
                 cpu0 = time.process_time()
+                daemon._expected.clear()  # it sits out slots by design: they are not its missed ones
                 ran = await daemon.run_slots(names, slot, deadline)
                 seconds = time.time() - slot.timestamp()
                 polled = frozenset(n for n, o in ran.items() if o != "claimed_elsewhere")
