@@ -12,8 +12,8 @@ instead gives N single-account sources, each its own API key, a quarter on each 
 desk whose every sub-account is a key.
 
 Each cycle is what the daemon does at a slot (`Daemon.run_slots` over every source, as
-the schedule's job of an interval: claim, poll through the per-key rate limiter, normalize, load in a worker thread),
-timed from the slot's start to the last commit. The floor is what latency and rate
+the schedule's job of an interval: claim, poll through the per-key rate limiter,
+normalize, load in a worker thread), timed from the slot's start to the last commit. The floor is what latency and rate
 limits alone allow: the longest chain of sequential requests of any source times the
 latency (the cadence is chosen so that no key's rate limit binds; a 429 would say
 otherwise). Reported too: CPU time of normalize + load per account (thread CPU time of

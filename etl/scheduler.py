@@ -132,7 +132,7 @@ class Daemon:
         for name, timing in self.timing.items():
             self.groups.setdefault(f"every {timing.interval.total_seconds():g}s", []).append(name)
         self._expected: dict[str, datetime] = {}  # per source: the next slot that should run
-        self._busy: dict[str, asyncio.Task[str] | None] = {}  # per source: its slot in flight
+        self._busy: set[str] = set()  # sources whose slot is being claimed or polled
         self._limiters: dict[tuple[str, str], AsyncLimiter] = {}
         self._stopping = asyncio.Event()
 
@@ -251,7 +251,7 @@ class Daemon:
                 IntervalTrigger(seconds=timing.interval.total_seconds(), start_date=slot, timezone=UTC),
                 args=[job_id],
                 id=job_id,
-                name=f"slots of {len(names)} source(s) every {timing.interval.total_seconds():g}s",
+                name=f"slots of {len(names)} source(s) {job_id}",
                 max_instances=1,
                 coalesce=True,
                 misfire_grace_time=timing.grace,
@@ -318,34 +318,29 @@ class Daemon:
                 self.supervisor.crashed("schedule", "the slot runs anyway", err)
             if not busy:
                 ready.append(name)
-                self._busy[name] = None  # until its claim is answered
+                self._busy.add(name)
         tasks: dict[str, asyncio.Task[str]] = {}
 
         def start(name: str, claimed: bool | None) -> None:
             try:
-                if claimed is False or (claimed is None and self._stopping.is_set()):
-                    del self._busy[name]
-                    if claimed is False:
-                        outcomes[name] = "claimed_elsewhere"
-                        self.metrics.slots.labels(name, "claimed_elsewhere").inc()
+                if claimed is False:
+                    outcomes[name] = self.runner.claimed_elsewhere(name, slot)
+                elif claimed is True or not self._stopping.is_set():  # unclaimed: not at shutdown
+                    task = asyncio.create_task(
+                        self.runner.run_slot(self.sources[name], slot, deadline, claimed=claimed)
+                    )
+                    self.runner.inflight.add(task)  # before it starts: shutdown waits for it
+                    task.add_done_callback(partial(self._idle, name))
+                    tasks[name] = task
                     return
-                task = asyncio.create_task(
-                    self.runner.run_slot(self.sources[name], slot, deadline, claimed=claimed)
-                )
-                self.runner.inflight.add(task)  # before it starts: shutdown waits for it
-                self._busy[name] = task
-                task.add_done_callback(partial(self._idle, name))
-                tasks[name] = task
             except Exception as err:
-                self._busy.pop(name, None)
                 self.supervisor.crashed("schedule", "this source's slot is not polled", err)
+            self._busy.discard(name)
 
         try:
             await self.claims.claim_all(ready, slot, self.timing[names[0]].interval, deadline, start)
         finally:  # a source left unanswered (a bug, or shutdown) must not stay busy for good
-            for name in ready:
-                if name in self._busy and self._busy[name] is None:
-                    del self._busy[name]
+            self._busy.difference_update(n for n in ready if n not in tasks)
         outcomes.update(zip(tasks, await asyncio.gather(*tasks.values()), strict=True))
         self._summary(slot, outcomes)
         return outcomes
@@ -362,9 +357,8 @@ class Daemon:
             extra={"slot": iso(slot), "event": "slot", "sources": len(outcomes), **counts},
         )
 
-    def _idle(self, name: str, task: asyncio.Task[str]) -> None:
-        if self._busy.get(name) is task:
-            del self._busy[name]
+    def _idle(self, name: str, _: asyncio.Task[str]) -> None:
+        self._busy.discard(name)
 
     async def run_slot(self, source: SourceConfig, slot: datetime, deadline: float) -> str:
         """One slot of one source (see `etl.daemon.runner`): ok, error, spooled, claimed_elsewhere or missed."""

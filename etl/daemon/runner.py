@@ -105,9 +105,7 @@ class Runner:
                     source.name, slot, self.timing[source.name].interval, deadline
                 )
             if claimed is False:
-                self.metrics.slots.labels(source.name, "claimed_elsewhere").inc()
-                log.debug("%s %s: claimed by another worker", source.name, iso(slot))
-                return "claimed_elsewhere"
+                return self.claimed_elsewhere(source.name, slot)
             return await self._slot(source, slot, deadline)
         except Exception as err:
             self.supervisor.crashed("slot", "the slot is recorded as an error", err)
@@ -118,6 +116,12 @@ class Runner:
         finally:
             self.inflight.discard(task)
             self.claims.release(source.name, slot)  # room for this replica's next claims
+
+    def claimed_elsewhere(self, name: str, slot: datetime) -> str:
+        """The outcome of a slot another replica claimed: counted, not polled here."""
+        self.metrics.slots.labels(name, "claimed_elsewhere").inc()
+        log.debug("%s %s: claimed by another worker", name, iso(slot))
+        return "claimed_elsewhere"
 
     async def _slot(self, source: SourceConfig, slot: datetime, deadline: float) -> str:
         """The poll and the load (or spool) of a slot this replica may poll."""
