@@ -189,7 +189,8 @@ def _check_bad_bodies(
                     else {"error"}
                 )
                 if slot in checked and run is not None and run.status not in excused:
-                    wrong[slot] = f"{item['kind']} -> {run.status}"
+                    offset = item["at"] - slot[1].timestamp()  # near 0 or the interval: a late request?
+                    wrong[slot] = f"{item['kind']} -> {run.status}, served {offset:.2f} s into the slot"
     out += [
         ("bad_bodies", line) for line in _grouped(ev, "bad body not recorded as error", list(wrong), wrong)
     ]

@@ -11,7 +11,7 @@ under `/_sim/` let a test in another process queue faults and read request count
 
 A fault either replaces the answer (`status`, `body`) or, with `real` set, serves the
 venue's real answer changed by one of `MUTATIONS` (a NaN, a NUL, a duplicate key, …; ""
-leaves it unchanged); `drip` sends the answer one byte per `drip` seconds. A fault with a
+leaves it unchanged) or padded past 96 MiB (`HUGE`, streamed); `drip` sends the answer one byte per `drip` seconds. A fault with a
 `kind` is listed in `served` when a request gets it, so a test in another process can tell
 which (credential, time) received what.
 
@@ -58,7 +58,7 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     content_type: str = "text/html"
-    real: str | None = None  # a MUTATIONS name: serve the real answer so changed instead of `body`
+    real: str | None = None  # a MUTATIONS name or HUGE: serve the real answer so changed instead of `body`
     drip: float = 0.0  # seconds between bytes of the answer
     kind: str = ""  # listed in /_sim/stats "served" when a request gets this fault
     repeat: int = 1  # the body sent this many times over, streamed (a huge answer without its memory)
@@ -67,7 +67,9 @@ class Fault:
 # a decimal as the venues send money: a string ("1.5"), or a bare number (1.5, Tread.fi)
 _NUMBER = re.compile(rb'"-?\d+\.\d+"|(?<=:)-?\d+\.\d+')
 _STRING = re.compile(rb'(": ?")([A-Za-z][^"\\]*")')  # a plain string value
+HUGE = "huge"  # the `real` of a fault that pads the answer with HUGE_BYTES
 HUGE_BYTES = 96 * 2**20  # above any response cap a client should have
+_PAD = b"x" * 2**20
 
 
 def _pick(pattern: re.Pattern[bytes], body: bytes, rng: random.Random) -> re.Match[bytes] | None:
@@ -85,10 +87,26 @@ def _replace(pattern: re.Pattern[bytes], new: Callable[[re.Match[bytes]], bytes]
     return mutate
 
 
+def _around_first_member(body: bytes) -> tuple[bytes, bytes]:
+    """(before, after): `before + member + after` has `member` ("key": value) first in the
+    top-level object."""
+    start = body.index(b"{") + 1
+    return body[:start], (b"" if body[start:].lstrip().startswith(b"}") else b", ") + body[start:]
+
+
 def _first_member(body: bytes, member: bytes) -> bytes:
     """`member` ("key": value) inserted first into the top-level object."""
-    start = body.index(b"{") + 1
-    return body[:start] + member + (b"" if body[start:].lstrip().startswith(b"}") else b", ") + body[start:]
+    before, after = _around_first_member(body)
+    return before + member + after
+
+
+def _huge(body: bytes) -> list[bytes]:
+    """The real answer with a first member `"pad": "xxx…"` of HUGE_BYTES, as the parts to
+    stream: one MiB of padding sent over and over, never the whole answer in memory. Built
+    whole, it took ~300 MB and 0.3 s of the simulator's thread a request here, more on a loaded
+    machine: enough to trip a client's timeout, whose retry then got the real answer."""
+    before, after = _around_first_member(body)
+    return [before + b'"pad": "', *[_PAD] * (HUGE_BYTES // len(_PAD)), b'"' + after]
 
 
 def _duplicate_key(body: bytes, rng: random.Random, credential: str) -> bytes:
@@ -107,17 +125,23 @@ MUTATIONS: dict[str, Mutation] = {
     "nul": _replace(_STRING, lambda m: m.group(1) + b"\\u0000" + m.group(2)),
     "wrong_type": _replace(_NUMBER, lambda m: b'{"value": ' + m.group(0) + b"}"),
     "duplicate_key": _duplicate_key,
-    "huge": lambda body, rng, credential: _first_member(body, b'"pad": "' + b"x" * HUGE_BYTES + b'"'),
     "echo_credential": lambda body, rng, credential: _first_member(
         body, b'"echo": ' + json.dumps(credential).encode()
     ),
 }
 
 
+async def _parts(parts: list[bytes]) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+        await asyncio.sleep(0)  # lets the server see a client that hung up, not write on to it
+
+
 async def _stream(body: bytes, repeat: int, drip: float) -> AsyncIterator[bytes]:
     for _ in range(repeat):
         if not drip:
             yield body
+            await asyncio.sleep(0)  # as in _parts
             continue
         for i in range(len(body)):
             yield body[i : i + 1]
@@ -209,10 +233,19 @@ class Simulator:
             self.served.append({"kind": fault.kind, "at": time.time(), "credential": credential})
         if fault.delay:
             await asyncio.sleep(fault.delay)
-        status, headers, media_type, body = fault.status, fault.headers, fault.content_type, fault.body.encode()
+        status, headers, media_type, body = (
+            fault.status,
+            fault.headers,
+            fault.content_type,
+            fault.body.encode(),
+        )
         if fault.real is not None:
             real = await handler(request)
             status, headers, media_type = real.status_code, {}, real.media_type or "application/json"
+            if fault.real == HUGE:
+                parts = _huge(bytes(real.body))
+                headers = {"Content-Length": str(sum(map(len, parts)))}
+                return StreamingResponse(_parts(parts), status, headers, media_type)
             body = MUTATIONS[fault.real](bytes(real.body), self.rng, credential)
         if fault.drip or fault.repeat != 1:
             return StreamingResponse(_stream(body, fault.repeat, fault.drip), status, headers, media_type)

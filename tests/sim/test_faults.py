@@ -57,6 +57,7 @@ def test_each_mutation_changes_one_value_of_the_real_answer_and_is_logged_as_ser
 def test_a_huge_answer_is_padded_past_any_cap_and_still_parses():
     (answer,), _ = fetch([{"real": "huge"}])
     assert len(answer.content) > HUGE_BYTES
+    assert answer.headers["Content-Length"] == str(len(answer.content))  # declared, though streamed
     assert json.loads(answer.content)["data"] == ANSWER["data"]
 
 
