@@ -395,7 +395,7 @@ def comparisons(monkeypatch) -> list[str]:
 
 @pytest.mark.db
 def test_an_unchanged_reload_matches_the_digests_and_skips_the_comparison(engine, comparisons):
-    load(engine, balances(6_000), positions("BTC", "ETH"))  # two chunks: the writer thread's path
+    load(engine, balances(6_000), positions("BTC", "ETH"))  # many chunks, one digest
     stored = digests(engine)
     assert set(stored) == {"balance_snapshots", "account_snapshots", "position_snapshots"}
     assert comparisons == []  # a fresh slot compares nothing
