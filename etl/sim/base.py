@@ -11,9 +11,9 @@ under `/_sim/` let a test in another process queue faults and read request count
 
 A fault either replaces the answer (`status`, `body`) or, with `real` set, serves the
 venue's real answer changed by one of `MUTATIONS` (a NaN, a NUL, a duplicate key, …; ""
-leaves it unchanged) or padded past 96 MiB (`HUGE`, streamed); `drip` sends the answer one byte per `drip` seconds. A fault with a
-`kind` is listed in `served` when a request gets it, so a test in another process can tell
-which (credential, time) received what.
+leaves it unchanged) or padded past 96 MiB (`HUGE`, streamed); `drip` sends the answer
+one byte per `drip` seconds. A fault with a `kind` is listed in `served` when a request
+gets it, so a test in another process can tell which (credential, time) received what.
 
 `limit_rate(count, seconds)` enforces a venue's documented limit per API key (off by
 default): a sliding window over the requests it accepted; one more answers HTTP 429 with
