@@ -131,20 +131,14 @@ MUTATIONS: dict[str, Mutation] = {
 }
 
 
-async def _parts(parts: list[bytes]) -> AsyncIterator[bytes]:
+async def _stream(parts: list[bytes], drip: float) -> AsyncIterator[bytes]:
     for part in parts:
-        yield part
-        await asyncio.sleep(0)  # lets the server see a client that hung up, not write on to it
-
-
-async def _stream(body: bytes, repeat: int, drip: float) -> AsyncIterator[bytes]:
-    for _ in range(repeat):
         if not drip:
-            yield body
-            await asyncio.sleep(0)  # as in _parts
+            yield part
+            await asyncio.sleep(0)  # lets the server see a client that hung up, not write on to it
             continue
-        for i in range(len(body)):
-            yield body[i : i + 1]
+        for i in range(len(part)):
+            yield part[i : i + 1]
             await asyncio.sleep(drip)
 
 
@@ -245,10 +239,10 @@ class Simulator:
             if fault.real == HUGE:
                 parts = _huge(bytes(real.body))
                 headers = {"Content-Length": str(sum(map(len, parts)))}
-                return StreamingResponse(_parts(parts), status, headers, media_type)
+                return StreamingResponse(_stream(parts, fault.drip), status, headers, media_type)
             body = MUTATIONS[fault.real](bytes(real.body), self.rng, credential)
         if fault.drip or fault.repeat != 1:
-            return StreamingResponse(_stream(body, fault.repeat, fault.drip), status, headers, media_type)
+            return StreamingResponse(_stream([body] * fault.repeat, fault.drip), status, headers, media_type)
         return Response(body, status_code=status, headers=headers, media_type=media_type)
 
     async def _add_faults(self, request: Request) -> Response:
