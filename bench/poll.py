@@ -13,13 +13,14 @@ desk whose every sub-account is a key.
 
 Each cycle is what the daemon does at a slot (`Daemon.run_slots` over every source, as
 the schedule's job of an interval: claim, poll through the per-key rate limiter,
-normalize, load in a worker thread), timed from the slot's start to the last commit. The floor is what latency and rate
-limits alone allow: the longest chain of sequential requests of any source times the
-latency (the cadence is chosen so that no key's rate limit binds; a 429 would say
-otherwise). Reported too: CPU time of normalize + load per account (thread CPU time of
-those calls in this process; PostgreSQL's own CPU is not ours), peak RSS (the process's
-high-water mark), RSS after the 20th cycle and after the last (a leak shows as growth),
-the 429s the simulators counted, and one cycle of the naive script: the same sources polled and loaded one after the other.
+normalize, load in a worker thread), timed from the slot's start to the last commit. The
+floor is what latency and rate limits alone allow: the longest chain of sequential
+requests of any source times the latency (the cadence is chosen so that no key's rate
+limit binds; a 429 would say otherwise). Reported too: CPU time of normalize + load per
+account (thread CPU time of those calls in this process; PostgreSQL's own CPU is not
+ours), peak RSS (the process's high-water mark), RSS after the 20th cycle and after the
+last (a leak shows as growth), the 429s the simulators counted, and one cycle of the
+naive script: the same sources polled and loaded one after the other.
 """
 
 from __future__ import annotations
